@@ -1,0 +1,53 @@
+"""DeepSpeed engine construction: the same code on CPU (gloo) and GPU (nccl)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from services.common.config import TrainerConfig
+from services.common.embedded_redis import free_port
+
+log = logging.getLogger(__name__)
+
+
+def init_distributed() -> None:
+    """Single-process defaults when not launched by ``deepspeed``/torchrun (local stack, tests)."""
+    import deepspeed
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+
+
+def ds_config(cfg: TrainerConfig, lr: float) -> dict:
+    return {
+        # Batches are shaped by the trainer (one group batch = one step); DeepSpeed's nominal
+        # micro-batch bookkeeping is set to 1 so it does not reshape anything.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "optimizer": {"type": "AdamW",
+                      "params": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8,
+                                 "weight_decay": cfg.weight_decay}},
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
+        "steps_per_print": 10**9,
+    }
+
+
+def build_engine(model: torch.nn.Module, cfg: TrainerConfig, lr: float):
+    import deepspeed
+
+    init_distributed()
+    engine, _opt, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                              config=ds_config(cfg, lr))
+    return engine

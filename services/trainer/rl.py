@@ -1,0 +1,229 @@
+"""The RL loop: scored groups in, optimizer steps, new weight versions out.
+
+Per step: collect ``groups_per_step`` usable groups (each dropped group gets a recorded reason),
+take one DeepSpeed step on the T1 loss, write + announce the new version, and -- in one Redis
+transaction -- mark the groups trained and acknowledge them. A crash anywhere before that
+transaction leaves the groups pending, to be re-read after restart; the trainer resumes from the
+newest announced version (weights) and the Redis-held cursor and ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from prometheus_client import Counter, Gauge
+
+from services.common import streams, weights
+from services.common.config import T1Config
+from services.common.ledger import Ledger
+from services.common.logs import event
+from services.common.schemas import ScoredGroup, WeightAnnouncement
+from services.trainer.feeder import Feeder
+from services.trainer.objective import LossInputs, rloo_advantages, t1_policy_loss
+from services.trainer.task import AdditionTask
+
+log = logging.getLogger(__name__)
+GROUP = "trainer"
+
+STEPS = Counter("t1_trainer_steps_total", "optimizer steps")
+DROPPED = Counter("t1_trainer_groups_dropped_total", "groups dropped", ["reason"])
+VERSION = Gauge("t1_trainer_policy_version", "latest published policy version")
+REWARD = Gauge("t1_trainer_reward_mean", "mean reward of the last step's groups")
+
+
+@dataclass
+class Batch:
+    entry_ids: list[str] = field(default_factory=list)
+    groups: list[ScoredGroup] = field(default_factory=list)
+
+    def prompt_ids(self) -> set[str]:
+        return {g.rollout.prompt.prompt_id for g in self.groups}
+
+
+def build_tensors(groups: list[ScoredGroup], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+response sequences and response-aligned gather positions."""
+    seqs, prompt_lens, resp_lens, behaviour, rewards = [], [], [], [], []
+    for g in groups:
+        p = g.rollout.prompt_token_ids
+        rewards.append([v.reward for v in g.verdicts])
+        for sample in g.rollout.samples:
+            seqs.append(p + sample.token_ids)
+            prompt_lens.append(len(p))
+            resp_lens.append(len(sample.token_ids))
+            behaviour.append(sample.logprobs)
+    n, length, t_max = len(seqs), max(map(len, seqs)), max(1, max(resp_lens))
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, length), dtype=torch.long)
+    response_ids = torch.full((n, t_max), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((n, t_max))
+    behaviour_logp = torch.zeros((n, t_max))
+    positions = torch.zeros((n, t_max), dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention[i, : len(seq)] = 1
+        r = resp_lens[i]
+        response_ids[i, :r] = torch.tensor(seq[prompt_lens[i]:])
+        response_mask[i, :r] = 1
+        behaviour_logp[i, :r] = torch.tensor(behaviour[i])
+        # logits at position p-1 predict the token at position p
+        positions[i] = torch.clamp(torch.arange(t_max) + prompt_lens[i] - 1, max=length - 1)
+    return {"input_ids": input_ids, "attention_mask": attention, "response_ids": response_ids,
+            "response_mask": response_mask, "behaviour_logp": behaviour_logp,
+            "positions": positions, "rewards": torch.tensor(rewards, dtype=torch.float32)}
+
+
+class RLTrainer:
+    def __init__(self, cfg: T1Config, s: streams.Streams, name: str = "trainer-0") -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from services.trainer.ds_engine import build_engine
+
+        self.cfg = cfg
+        self.tc = cfg.trainer
+        self.s = s
+        self.ledger = Ledger(s)
+        self.consumer = streams.Consumer(s, streams.SCORED, GROUP, name, ScoredGroup,
+                                         cfg.redis.visibility_timeout_s, cfg.redis.block_ms)
+        latest = weights.latest(s)
+        # Resume: the newest announced version is the policy; the base model otherwise.
+        start = latest.uri if latest else cfg.model.path
+        self.version = latest.version if latest else 0
+        self.tokenizer_src = Path(cfg.model.path)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        torch.set_num_threads(self.tc.torch_threads)
+        model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
+        self.engine = build_engine(model, self.tc, self.tc.lr)
+        task = AdditionTask(cfg.task.digits, cfg.task.operands, cfg.task.seed)
+        self.feeder = Feeder(s, self.ledger, task,
+                             (self.tc.max_staleness + 1) * self.tc.groups_per_step)
+        self.batch = Batch()
+        self.stop_event = threading.Event()
+        self.steps_key = s.key("trainer:steps")
+        VERSION.set(self.version)
+        event(log, "trainer ready", version=self.version, start=str(start))
+
+    # -- admission of scored groups ---------------------------------------------------------
+    def _drop(self, entry_id: str, prompt_id: str, reason: str) -> None:
+        pipe = self.s.transaction()
+        self.ledger.mark_dropped(pipe, prompt_id, reason)
+        self.consumer.ack([entry_id], pipe)
+        pipe.execute()
+        DROPPED.labels(reason).inc()
+
+    def admit(self, entry: streams.Entry) -> None:
+        g: ScoredGroup = entry.msg
+        pid = g.rollout.prompt.prompt_id
+        status = self.ledger.status(pid)
+        if status is None:
+            self.consumer.dead_letter(entry.id, f"unknown prompt id {pid}")
+            return
+        if status != "enqueued" or pid in self.batch.prompt_ids():
+            # A redelivered duplicate (e.g. reclaimed from a slow consumer): already accounted.
+            pipe = self.s.transaction()
+            self.consumer.ack([entry.id], pipe)
+            pipe.execute()
+            log.warning("duplicate group %s (%s) acknowledged and skipped", pid, status)
+            return
+        rewards = [v.reward for v in g.verdicts]
+        if self.version - g.rollout.policy_version > self.tc.max_staleness:
+            self._drop(entry.id, pid, "too_stale")
+        elif any(v.status != "ok" for v in g.verdicts):
+            self._drop(entry.id, pid, "verifier_error")
+        elif self.tc.drop_zero_variance and max(rewards) == min(rewards):
+            self._drop(entry.id, pid, "zero_variance")
+        else:
+            self.batch.entry_ids.append(entry.id)
+            self.batch.groups.append(g)
+
+    # -- one optimizer step -----------------------------------------------------------------
+    def train_step(self) -> dict:
+        t0 = time.monotonic()
+        groups = self.batch.groups
+        batch = build_tensors(groups, self.pad_id)
+        advantages = rloo_advantages(batch["rewards"]).reshape(-1)
+        self.engine.train()
+        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        vocab = out.logits.shape[-1]
+        idx = batch["positions"].unsqueeze(-1).expand(-1, -1, vocab)
+        logits = out.logits.gather(1, idx)
+        temperature = groups[0].rollout.temperature
+        loss, stats = t1_policy_loss(
+            LossInputs(logits, batch["response_ids"], batch["response_mask"],
+                       batch["behaviour_logp"], advantages),
+            temperature, self.tc.clip_eps_low, self.tc.clip_eps_high, self.tc.entropy_coef)
+        self.engine.backward(loss)
+        self.engine.step()
+        compute_s = time.monotonic() - t0
+
+        new_version = self.version + 1
+        path, digest = weights.write_version(self.cfg.weights_dir, new_version,
+                                             self._save_model, self.tokenizer_src)
+        ann = WeightAnnouncement(version=new_version, uri=str(path.resolve()), sha256=digest,
+                                 step=new_version)
+        rewards = batch["rewards"]
+        verdicts = [v for g in groups for v in g.verdicts]
+        record = {
+            "step": new_version, "loss": loss.item(), **stats,
+            "reward_mean": rewards.mean().item(),
+            "accuracy": sum(v.correct for v in verdicts) / len(verdicts),
+            "response_len": batch["response_mask"].sum(1).mean().item(),
+            "staleness_mean": sum(self.version - g.rollout.policy_version for g in groups) / len(groups),
+            "min_group_version": min(g.rollout.policy_version for g in groups),
+            "compute_s": compute_s, "publish_s": time.monotonic() - t0 - compute_s,
+            "time": time.time(),
+        }
+        pipe = self.s.transaction()
+        weights.announce(self.s, ann, pipe)
+        for g in groups:
+            self.ledger.mark_trained(pipe, g.rollout.prompt.prompt_id, new_version, g.rollout.policy_version)
+        self.consumer.ack(self.batch.entry_ids, pipe)
+        pipe.rpush(self.steps_key, json.dumps(record))
+        pipe.execute()
+        self.version = new_version
+        self.batch = Batch()
+        STEPS.inc()
+        VERSION.set(self.version)
+        REWARD.set(record["reward_mean"])
+        event(log, "rl step", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
+        return record
+
+    def _save_model(self, path: Path) -> None:
+        # ZeRO stages 0-2 keep full parameters on every rank; stage 3 would need a gather here.
+        self.engine.module.save_pretrained(path, safe_serialization=True)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        while self.version < self.tc.total_steps and not self.stop_event.is_set():
+            self.feeder.top_up(self.version)
+            need = self.tc.groups_per_step - len(self.batch.groups)
+            for entry in self.consumer.read(need):
+                self.admit(entry)
+            if len(self.batch.groups) >= self.tc.groups_per_step:
+                self.train_step()
+        if self.version >= self.tc.total_steps:
+            self.finish()
+
+    def finish(self) -> None:
+        """Close the run's books: whatever is still in flight is dropped as ``run_ended``."""
+        pipe = self.s.transaction()
+        for entry_id, g in zip(self.batch.entry_ids, self.batch.groups):
+            self.ledger.mark_dropped(pipe, g.rollout.prompt.prompt_id, "run_ended")
+            self.consumer.ack([entry_id], pipe)
+        done = {g.rollout.prompt.prompt_id for g in self.batch.groups}
+        for pid, status in self.ledger.statuses().items():
+            if status == "enqueued" and pid not in done:
+                self.ledger.mark_dropped(pipe, pid, "run_ended")
+        pipe.set(self.s.key("trainer:finished"), self.version)
+        pipe.execute()
+        self.batch = Batch()
+        event(log, "run finished", version=self.version, **self.ledger.counts())
+
+    def step_records(self) -> list[dict]:
+        return [json.loads(x) for x in self.s.r.lrange(self.steps_key, 0, -1)]
