@@ -40,6 +40,13 @@ def payload_sha256(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """Copy the tokenizer verbatim, so every version directory is a complete HF model."""
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).exists():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+
+
 def write_version(weights_dir: Path, version: int, save_model, tokenizer_src: Path,
                   keep: int = 3) -> tuple[Path, str]:
     """Write one version atomically. ``save_model(path)`` writes config + safetensors."""
@@ -49,9 +56,7 @@ def write_version(weights_dir: Path, version: int, save_model, tokenizer_src: Pa
     tmp = weights_dir / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(tmp)
-    for name in TOKENIZER_FILES:
-        if (Path(tokenizer_src) / name).exists():
-            shutil.copy2(Path(tokenizer_src) / name, tmp / name)
+    copy_tokenizer_files(tokenizer_src, tmp)
     digest = payload_sha256(tmp)
     (tmp / MARKER).write_text(json.dumps({"version": version, "sha256": digest}))
     if final.exists():  # a trainer that crashed after the rename re-publishes the same version

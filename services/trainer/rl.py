@@ -199,16 +199,15 @@ class RLTrainer:
         self.engine.module.save_pretrained(path, safe_serialization=True)
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self) -> None:
-        while self.version < self.tc.total_steps and not self.stop_event.is_set():
-            self.feeder.top_up(self.version)
-            need = self.tc.groups_per_step - len(self.batch.groups)
-            for entry in self.consumer.read(need):
-                self.admit(entry)
-            if len(self.batch.groups) >= self.tc.groups_per_step:
-                self.train_step()
-        if self.version >= self.tc.total_steps:
-            self.finish()
+    def run_once(self) -> dict | None:
+        """Admit what the pipeline has room for, read scored groups, step when a batch is full."""
+        self.feeder.top_up(self.version)
+        need = self.tc.groups_per_step - len(self.batch.groups)
+        for entry in self.consumer.read(need):
+            self.admit(entry)
+        if len(self.batch.groups) >= self.tc.groups_per_step:
+            return self.train_step()
+        return None
 
     def finish(self) -> None:
         """Close the run's books: whatever is still in flight is dropped as ``run_ended``."""

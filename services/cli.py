@@ -1,0 +1,151 @@
+"""``t1``: one command line for every service, the local stack, the demo and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from services.common.config import REPO_ROOT, T1Config, load_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="T1 RL for LLM reasoning as rollout/reward services over Redis.")
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c",
+                                        help="preset in configs/ (tiny, quick, ...) or a YAML file")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override: section.key=value")]
+HostOpt = Annotated[Optional[str], typer.Option(help="bind address (default from config)")]
+PortOpt = Annotated[Optional[int], typer.Option(help="HTTP port (default from config)")]
+NameOpt = Annotated[Optional[str], typer.Option(help="consumer name (default: role-hostname)")]
+
+
+def _load(config: str, sets: list[str] | None, extra: dict[str, object] | None = None) -> T1Config:
+    overrides = list(sets or [])
+    overrides += [f"{k}={v}" for k, v in (extra or {}).items() if v is not None]
+    try:
+        return load_config(config, overrides)
+    except (FileNotFoundError, ValueError, ValidationError) as exc:
+        console.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def generator(host: HostOpt = None, port: PortOpt = None, config: ConfigOpt = "tiny",
+              set: SetOpt = None, name: NameOpt = None) -> None:
+    """Run the vLLM generation service."""
+    from services.generator.main import serve
+
+    serve(_load(config, set, {"generator.host": host, "generator.port": port}), name)
+
+
+@app.command()
+def verifier(host: HostOpt = None, port: PortOpt = None, config: ConfigOpt = "tiny",
+             set: SetOpt = None, name: NameOpt = None) -> None:
+    """Run the verification service (REST API; queue worker when Redis is configured)."""
+    from services.verifier.main import serve
+
+    serve(_load(config, set, {"verifier.host": host, "verifier.port": port}), name)
+
+
+@app.command()
+def trainer(host: HostOpt = None, port: PortOpt = None, config: ConfigOpt = "tiny",
+            set: SetOpt = None, name: NameOpt = None) -> None:
+    """Run the DeepSpeed RL trainer until trainer.total_steps."""
+    from services.trainer.main import serve
+
+    raise typer.Exit(serve(_load(config, set, {"trainer.host": host, "trainer.port": port}), name))
+
+
+@app.command()
+def up(config: ConfigOpt = "tiny", set: SetOpt = None,
+       timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 3600) -> None:
+    """Start Redis + generator + verifier + trainer locally; run until the trainer finishes."""
+    from services.common.logs import setup_logging
+    from services.demo import prepare_model, rl_progress
+    from services.stack import Stack
+
+    setup_logging("stack")
+    cfg = _load(config, set)
+    prepare_model(cfg)
+    with Stack(cfg) as stack:
+        console.print(f"stack up: redis {stack.cfg.redis.url}, logs in {stack.run_dir}/logs")
+        rl_progress(stack, console)
+    console.print("stack stopped")
+
+
+@app.command()
+def status(run_dir: Annotated[str, typer.Option(help="run directory of `t1 up`/`t1 demo`")] = "runs/demo",
+           redis_url: Annotated[Optional[str], typer.Option(help="Redis URL (default: the run's)")] = None,
+           prefix: str = "t1") -> None:
+    """Show a run's state: versions, queues, accounting, recent steps."""
+    from services.common import streams, weights
+    from services.common.ledger import Ledger
+
+    info_file = Path(run_dir) / "stack.json"
+    if redis_url is None:
+        if not info_file.exists():
+            console.print(f"[red]no stack.json in {run_dir}[/red]; pass --redis-url")
+            raise typer.Exit(2)
+        info = json.loads(info_file.read_text())
+        redis_url, prefix = info["redis_url"], info.get("prefix", prefix)
+    s = streams.Streams(streams.connect(redis_url), prefix)
+    try:
+        s.r.ping()
+    except Exception as exc:
+        console.print(f"[red]Redis at {redis_url} not reachable[/red]: {exc}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"t1 status ({redis_url})")
+    table.add_column("what")
+    table.add_column("value")
+    ann = weights.latest(s)
+    table.add_row("latest weights", f"v{ann.version}" if ann else "none")
+    for name, v in sorted(s.r.hgetall(s.key("generators")).items()):
+        table.add_row(f"generator {name.decode()}", f"serving v{v.decode()}")
+    for stream in (streams.PROMPTS, streams.ROLLOUTS, streams.SCORED, streams.DEAD):
+        table.add_row(f"stream {stream}", str(s.length(stream)))
+    for k, v in sorted(Ledger(s).counts().items()):
+        table.add_row(f"ledger {k}", str(v))
+    steps = [json.loads(x) for x in s.r.lrange(s.key("trainer:steps"), -5, -1)]
+    for rec in steps:
+        table.add_row(f"step {rec['step']}", f"reward {rec['reward_mean']:.3f} acc {rec['accuracy']:.3f}")
+    Console().print(table)
+
+
+@app.command()
+def demo(quick: Annotated[bool, typer.Option(help="smallest preset, for a smoke test")] = False,
+         config: Annotated[Optional[str], typer.Option("--config", "-c")] = None,
+         set: SetOpt = None) -> None:
+    """The main job: tiny model, SFT on synthesized CoT, RL on the local stack, report."""
+    from services.common.logs import setup_logging
+    from services.demo import run_demo
+
+    setup_logging("demo", "WARNING")
+    cfg = _load(config or ("quick" if quick else "tiny"), set)
+    t0 = time.monotonic()
+    report = run_demo(cfg, console)
+    console.print(f"[green]demo finished in {time.monotonic() - t0:.0f}s[/green]; report: {report}")
+
+
+@app.command()
+def bench(name: Annotated[str, typer.Argument(help="benchmark name (a file in bench/)")]) -> None:
+    """Run a benchmark from bench/; it ends with RESULT lines."""
+    bench_dir = REPO_ROOT / "bench"
+    available = sorted(p.stem for p in bench_dir.glob("*.py") if not p.stem.startswith("_"))
+    if name not in available:
+        console.print(f"[red]unknown benchmark {name!r}[/red]; available: {', '.join(available) or 'none'}")
+        raise typer.Exit(2)
+    sys.argv = [name]
+    runpy.run_path(str(bench_dir / f"{name}.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,159 @@
+"""The local stack: Redis plus the three services as separate processes, supervised.
+
+Each service runs as its own ``t1 <service>`` process in its own process group (so stopping it
+also stops vLLM's engine workers and the verifier's sandbox processes). A service that dies is
+restarted -- the streams hold its unfinished work -- and the whole stack is torn down cleanly on
+exit, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common import streams
+from services.common.config import T1Config, dump_config
+from services.common.embedded_redis import EmbeddedRedis
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("verifier", "generator", "trainer")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Stack:
+    def __init__(self, cfg: T1Config, services: tuple[str, ...] = SERVICES,
+                 restart: bool = True, max_restarts: int = 5) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.services = services
+        self.restart = restart
+        self.max_restarts = max_restarts
+        self.redis: EmbeddedRedis | None = None
+        self.procs: dict[str, Proc] = {}
+        self.stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "Stack":
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if not self.cfg.redis.url:
+            self.redis = EmbeddedRedis(self.run_dir / "redis").start()
+            self.cfg = self.cfg.model_copy(update={"redis": self.cfg.redis.model_copy(
+                update={"url": self.redis.url})})
+        self.config_path = self.run_dir / "config.yaml"
+        dump_config(self.cfg, self.config_path)
+        (self.run_dir / "stack.json").write_text(json.dumps(
+            {"redis_url": self.cfg.redis.url, "prefix": self.cfg.redis.prefix, "pid": os.getpid()}))
+        for name in self.services:
+            self.spawn(name)
+        return self
+
+    def command(self, name: str) -> list[str]:
+        return [sys.executable, "-m", "services.cli", name, "--config", str(self.config_path),
+                "--name", f"{name}-0"]
+
+    def spawn(self, name: str) -> Proc:
+        logfile = open(self.run_dir / "logs" / f"{name}.log", "ab")
+        popen = subprocess.Popen(self.command(name), stdout=logfile, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env=self._env())
+        logfile.close()
+        prev = self.procs.get(name)
+        proc = Proc(name, popen, restarts=prev.restarts + 1 if prev else 0)
+        self.procs[name] = proc
+        log.info("started %s (pid %d)", name, popen.pid)
+        return proc
+
+    def _env(self) -> dict[str, str]:
+        # Each service is its own distributed world; drop any rank/port a parent process set
+        # (e.g. the demo's in-process SFT) so the trainer does not collide with it.
+        dist_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                     "CROSS_RANK", "CROSS_SIZE")
+        env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+        env["T1__REDIS__URL"] = self.cfg.redis.url or ""
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def supervise(self) -> dict[str, int | None]:
+        """Restart crashed services; returns exit codes of the ones that ended (None: running)."""
+        codes: dict[str, int | None] = {}
+        for name, proc in list(self.procs.items()):
+            code = proc.popen.poll()
+            codes[name] = code
+            if code is None or self.stopping:
+                continue
+            if name == "trainer" and code == 0:
+                continue  # the run is complete
+            if self.restart and proc.restarts < self.max_restarts:
+                log.warning("%s exited with %s; restarting", name, code)
+                self._kill_group(proc, signal.SIGKILL)  # its engine children, if any survived
+                self.spawn(name)
+                codes[name] = None
+        return codes
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Signal one service's main process (fault injection); returns its pid."""
+        pid = self.procs[name].popen.pid
+        os.kill(pid, sig)
+        return pid
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.stopping = True
+        for proc in self.procs.values():
+            self._kill_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs.values():
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            self._kill_group(proc, signal.SIGKILL)
+            proc.popen.wait()
+        if self.redis:
+            self.redis.stop()
+
+    @staticmethod
+    def _kill_group(proc: Proc, sig: int) -> None:
+        try:
+            os.killpg(proc.popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- observation -----------------------------------------------------------------------------
+    def streams(self) -> streams.Streams:
+        return streams.Streams(streams.connect(self.cfg.redis.url), self.cfg.redis.prefix)
+
+    def wait_trainer(self, timeout_s: float, on_poll=None, poll_s: float = 1.0) -> int:
+        """Supervise until the trainer exits 0 (run complete); raise on timeout or give-up."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            codes = self.supervise()
+            if codes.get("trainer") == 0:
+                return 0
+            for name, code in codes.items():
+                if code is not None and (not self.restart or self.procs[name].restarts >= self.max_restarts):
+                    raise RuntimeError(f"{name} keeps failing (exit {code}); see "
+                                       f"{self.run_dir}/logs/{name}.log")
+            if on_poll:
+                on_poll()
+            time.sleep(poll_s)
+        raise TimeoutError(f"trainer did not finish within {timeout_s:.0f}s; logs in {self.run_dir}/logs")

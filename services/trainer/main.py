@@ -1,0 +1,30 @@
+"""``t1 trainer``: the DeepSpeed RL trainer (feeder, steps, weight publication)."""
+
+from __future__ import annotations
+
+from services.common.config import T1Config
+from services.common.http import ServerThread, service_app
+from services.common.logs import setup_logging
+from services.common.runtime import consumer_name, require_redis, stop_on_signals
+
+
+def serve(cfg: T1Config, name: str | None = None) -> int:
+    setup_logging("trainer")
+    s = require_redis(cfg, "trainer")
+    state: dict = {"ready": False, "version": None}
+    http = ServerThread(service_app("trainer", lambda: dict(state)),
+                        cfg.trainer.host, cfg.trainer.port).start()
+    from services.trainer.rl import RLTrainer
+
+    trainer = RLTrainer(cfg, s, consumer_name("trainer", name))
+    stop_on_signals(trainer.stop_event)
+    state.update(ready=True, version=trainer.version)
+    try:
+        while trainer.version < cfg.trainer.total_steps and not trainer.stop_event.is_set():
+            trainer.run_once()
+            state["version"] = trainer.version
+        if trainer.version >= cfg.trainer.total_steps:
+            trainer.finish()
+    finally:
+        http.stop()
+    return 0
