@@ -38,6 +38,14 @@ def _load(config: str, sets: list[str] | None, extra: dict[str, object] | None =
         raise typer.Exit(2) from None
 
 
+def _quiet_libraries() -> None:
+    """The demo draws its own progress bars; per-file loading bars would bury them."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 @app.command()
 def generator(host: HostOpt = None, port: PortOpt = None, config: ConfigOpt = "tiny",
               set: SetOpt = None, name: NameOpt = None) -> None:
@@ -74,6 +82,7 @@ def up(config: ConfigOpt = "tiny", set: SetOpt = None,
     from services.stack import Stack
 
     setup_logging("stack")
+    _quiet_libraries()
     cfg = _load(config, set)
     prepare_model(cfg)
     with Stack(cfg) as stack:
@@ -129,6 +138,7 @@ def demo(quick: Annotated[bool, typer.Option(help="smallest preset, for a smoke 
     from services.demo import run_demo
 
     setup_logging("demo", "WARNING")
+    _quiet_libraries()
     cfg = _load(config or ("quick" if quick else "tiny"), set)
     t0 = time.monotonic()
     report = run_demo(cfg, console)

@@ -41,6 +41,8 @@ def rl_progress(stack: Stack, console: Console, timeout_s: float = 3600) -> list
     with _progress(console) as bar:
         task = bar.add_task("RL steps", total=total, info="starting services (vLLM ~45s)")
 
+        shown = [0]
+
         def poll() -> None:
             n = s.r.llen(key)
             info = "waiting for the first batch"
@@ -49,6 +51,9 @@ def rl_progress(stack: Stack, console: Console, timeout_s: float = 3600) -> list
                 info = (f"v{rec['step']} reward {rec['reward_mean']:+.3f} "
                         f"acc {rec['accuracy']:.2f} entropy {rec['entropy']:.3f}")
             bar.update(task, completed=n, info=info)
+            if not console.is_terminal and n > shown[0]:  # logs and CI get one line per step
+                shown[0] = n
+                console.print(f"RL step {n}/{total}: {info}")
 
         stack.wait_trainer(timeout_s, on_poll=poll)
         poll()
@@ -73,6 +78,8 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
         def on_step(step: int, loss: float) -> None:
             sft_losses.append(loss)
             bar.update(task, completed=step, info=f"loss {loss:.3f}")
+            if not console.is_terminal and (step % 50 == 0 or step == cfg.trainer.sft_steps):
+                console.print(f"SFT step {step}/{cfg.trainer.sft_steps} loss {loss:.3f}")
 
         t0 = time.monotonic()
         run_sft(cfg, base, sft_dir, progress=on_step)
@@ -107,6 +114,8 @@ def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[s
     x = [r["step"] for r in steps]
     axes[1].plot(x, [r["reward_mean"] for r in steps], marker="o", label="reward")
     axes[1].plot(x, [r["accuracy"] for r in steps], marker="s", label="accuracy (sampled)")
+    axes[1].text(0.01, 0.01, "over the groups trained on (zero-variance groups are dropped first)",
+                 transform=axes[1].transAxes, fontsize=7)
     axes[1].set(title="RL: reward and accuracy per step", xlabel="step")
     axes[1].legend()
     axes[2].plot(x, [r["entropy"] for r in steps], marker="o")
@@ -126,6 +135,8 @@ def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[s
         f"- RL: {len(steps)} steps in {rl_seconds:.0f}s (including service start-up)",
         f"- generators ended serving: {served}",
         f"- accounting: {counts}", "",
+        "Reward and accuracy are over the groups trained on in each step (groups whose K samples",
+        "all scored the same are dropped before, as `zero_variance`).", "",
         "| step | reward | accuracy | entropy | pg loss | staleness | step s |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
