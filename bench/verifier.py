@@ -20,7 +20,7 @@ def items(n: int, seed: int = 0) -> list[tuple[str, str]]:
     for i in range(n):
         p = task.problem(i)
         if i % 10 == 0:  # symbolic: needs the parser
-            out.append((f"so the answer is \\boxed{{\\frac{{{p.answer}}}{{2}}}}", f"{p.answer / 2}"))
+            out.append((f"so the answer is \\boxed{{\\sqrt{{{p.answer ** 2}}}}}", str(p.answer)))
             continue
         answer = p.answer if rng.random() < 0.5 else p.answer + rng.choice([-1, 1, 10])
         out.append((task.cot(p, rng).rsplit("\\boxed", 1)[0] + f"\\boxed{{{answer}}}", str(p.answer)))

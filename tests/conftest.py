@@ -9,7 +9,8 @@ import pytest
 
 from services.common import streams
 from services.common.config import ModelConfig, load_config
-from services.common.embedded_redis import EmbeddedRedis, free_port
+from services.common.embedded_redis import EmbeddedRedis
+from services.common.net import free_port
 
 
 @pytest.fixture(scope="session")

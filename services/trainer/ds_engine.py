@@ -8,7 +8,7 @@ import os
 import torch
 
 from services.common.config import TrainerConfig
-from services.common.embedded_redis import free_port
+from services.common.net import free_port
 
 log = logging.getLogger(__name__)
 

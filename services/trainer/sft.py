@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from services.common.config import T1Config
-from services.common.weights import copy_tokenizer_files
 from services.common.logs import event
+from services.common.weights import copy_tokenizer_files
 from services.trainer.task import AdditionTask
 
 log = logging.getLogger(__name__)

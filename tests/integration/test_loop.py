@@ -10,6 +10,7 @@ import re
 import signal
 import time
 
+import httpx
 import pytest
 
 from services.common import streams
@@ -23,7 +24,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
     from services.common.config import load_config
-    from services.common.embedded_redis import free_port
+    from services.common.net import free_port
 
     run_dir = tmp_path_factory.mktemp("loop")
     cfg = load_config("quick", [
@@ -49,14 +50,17 @@ def finished_run(tmp_path_factory, tiny_model_dir):
                 killed_with_pending = len(pending)
             time.sleep(0.01)
         assert killed_with_pending, "never caught the verifier holding pending rollouts"
+        live = {name: (httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json(),
+                       httpx.get(f"http://127.0.0.1:{port}/metrics/", timeout=5).text)
+                for name, port in (("generator", cfg.generator.port), ("trainer", cfg.trainer.port))}
         stack.wait_trainer(timeout_s=300, poll_s=0.5)
-        yield stack, s, killed_with_pending
+        yield stack, s, killed_with_pending, live
     finally:
         stack.stop()
 
 
 def test_generator_serves_the_final_version(finished_run):
-    stack, s, _ = finished_run
+    stack, s, *_ = finished_run
     deadline = time.monotonic() + 30  # the generator loads the last version on its next poll
     while time.monotonic() < deadline and s.r.hget(s.key("generators"), "generator-0") != str(STEPS).encode():
         time.sleep(0.5)
@@ -65,7 +69,7 @@ def test_generator_serves_the_final_version(finished_run):
 
 
 def test_trained_groups_respect_the_staleness_bound(finished_run):
-    stack, s, _ = finished_run
+    stack, s, *_ = finished_run
     max_staleness = stack.cfg.trainer.max_staleness
     trained = [v for v in Ledger(s).statuses().values() if v.startswith("trained:")]
     assert len(trained) == STEPS * stack.cfg.trainer.groups_per_step
@@ -76,7 +80,7 @@ def test_trained_groups_respect_the_staleness_bound(finished_run):
 
 
 def test_accounting_balances_and_nothing_is_lost(finished_run):
-    stack, s, killed_with_pending = finished_run
+    stack, s, killed_with_pending, _ = finished_run
     ledger = Ledger(s)
     counts, audit = ledger.counts(), ledger.audit()
     assert counts["enqueued"] == counts["trained"] + counts["dropped"]
@@ -91,8 +95,18 @@ def test_accounting_balances_and_nothing_is_lost(finished_run):
 
 
 def test_step_versions_have_no_gaps(finished_run):
-    _, s, _ = finished_run
+    _, s, *_ = finished_run
     history = [e for e in s.r.xrange(s.key(streams.WEIGHTS))]
     from services.common.schemas import decode
     versions = [decode(fields[b"data"]).version for _, fields in history]
     assert versions == list(range(1, STEPS + 1))
+
+
+def test_running_services_answer_health_and_metrics(finished_run):
+    *_, live = finished_run
+    gen_health, gen_metrics = live["generator"]
+    assert gen_health["service"] == "generator" and gen_health["ready"] is True
+    assert "t1_generator_tokens_total" in gen_metrics
+    trainer_health, trainer_metrics = live["trainer"]
+    assert trainer_health["service"] == "trainer" and trainer_health["ready"] is True
+    assert "t1_trainer_policy_version" in trainer_metrics

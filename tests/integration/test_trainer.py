@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.common import streams, weights
+from services.common.config import VerifierConfig
 from services.common.ledger import Ledger
 from services.common.schemas import Prompt, RolloutGroup, Sample, ScoredGroup
-from services.common.config import VerifierConfig
 from services.trainer.rl import RLTrainer
 from services.trainer.task import AdditionTask
 from services.verifier.scoring import Scorer

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from services.common.embedded_redis import free_port
+from services.common.net import free_port
 
 TOKEN = "s3cret"
 

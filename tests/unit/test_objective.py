@@ -3,8 +3,14 @@ import math
 import pytest
 import torch
 
-from services.trainer.objective import (LossInputs, clipped_surrogate, masked_mean, rloo_advantages,
-                                        t1_policy_loss, token_logprobs_and_entropy)
+from services.trainer.objective import (
+    LossInputs,
+    clipped_surrogate,
+    masked_mean,
+    rloo_advantages,
+    t1_policy_loss,
+    token_logprobs_and_entropy,
+)
 
 
 def test_rloo_is_reward_minus_mean_of_the_others():
