@@ -73,9 +73,28 @@ class VerifierConfig(Section):
     max_batch: int = 256
     max_body_bytes: int = 4_000_000
     max_answer_chars: int = 2_000
+    max_nesting: int = 12  # brace/paren depth; deeper answers are rejected before parsing
+    max_inflight_requests: int = 64  # beyond this the REST API answers 503 with Retry-After
     auth_token: str | None = None
-    truncated_reward: float = -1.0  # T1: a truncated response is penalised, not just wrong
     queue_worker: bool = True
+    rl_strict: bool = True  # the queue worker accepts only \boxed{} answers
+    # T1's reward rule: 1 correct, 0 wrong, ``penalty_reward`` when a penalty applies.
+    penalty_reward: float = -1.0
+    penalize_truncated: bool = True
+    penalize_repetitive: bool = True
+    penalize_garbled: bool = True
+    repetition_ngram: int = 4
+    repetition_max_share: float = 0.5
+    repetition_min_words: int = 24
+    garbled_max_share: float = 0.3
+    allowed_scripts: list[str] = Field(default_factory=lambda: [
+        "LATIN", "GREEK", "CYRILLIC", "CJK", "HIRAGANA", "KATAKANA", "HANGUL", "MATHEMATICAL",
+        "DOUBLE-STRUCK", "SUPERSCRIPT", "SUBSCRIPT", "VULGAR FRACTION", "DEGREE", "FULLWIDTH"])
+    # ``python`` task: run the response's code against tests in a sandbox backend
+    code_backend: Literal["local", "docker"] = "local"
+    code_timeout_s: float = 10.0
+    code_memory_mb: int = 512
+    docker_image: str = "python:3.11-slim"
 
 
 class TrainerConfig(Section):

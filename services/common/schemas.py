@@ -62,6 +62,7 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     status: VerdictStatus
     components: dict[str, float] = {}
     latency_ms: float = 0.0
+    detail: str | None = None  # why: rejected input, parse error, timeout, ...
 
 
 class ScoredGroup(Message, tag="scored"):

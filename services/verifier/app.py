@@ -3,57 +3,30 @@
 from __future__ import annotations
 
 import secrets
-from typing import Literal
 
+import msgspec
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.config import VerifierConfig
 from services.common.http import service_app
+from services.common.verify_api import VerifyRequest, VerifyResponse, VerifyResult
 from services.verifier.scoring import Scorer
 
 ITEMS = Counter("t1_verifier_items_total", "verdicts given", ["source", "status"])
 LATENCY = Histogram("t1_verifier_item_seconds", "time to score one item", ["source"])
-
-
-class VerifyOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    finish_reason: Literal["stop", "length"] = "stop"
-
-
-class VerifyItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    response: str = Field(max_length=200_000)
-    gold: str = Field(min_length=1, max_length=2_000)
-    task: Literal["math"] = "math"
-    options: VerifyOptions = Field(default_factory=VerifyOptions)
-
-
-class VerifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[VerifyItem] = Field(min_length=1)
-
-
-class VerifyResult(BaseModel):
-    correct: bool
-    reward: float
-    extracted: str | None
-    status: Literal["ok", "timeout", "error"]
-    components: dict[str, float]
-    latency_ms: float
-
-
-class VerifyResponse(BaseModel):
-    results: list[VerifyResult]
+INFLIGHT = Gauge("t1_verifier_inflight_requests", "REST requests being served")
+SHED = Counter("t1_verifier_shed_requests_total", "REST requests refused with 503 (overload)")
 
 
 def create_app(cfg: VerifierConfig, scorer: Scorer, health_extra=lambda: {}):
     app = service_app("verifier", lambda: {"ready": True, **health_extra()},
                       title="t1 verifier: math answer grading")
     bearer = HTTPBearer(auto_error=False)
+    inflight = [0]  # requests admitted; touched only on the event loop thread
 
     def check_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if cfg.auth_token is None:
@@ -69,18 +42,31 @@ def create_app(cfg: VerifierConfig, scorer: Scorer, health_extra=lambda: {}):
             return JSONResponse({"detail": f"request body over {cfg.max_body_bytes} bytes"}, 413)
         return await call_next(request)
 
-    @app.post("/v1/verify", response_model=VerifyResponse, dependencies=[Depends(check_token)])
-    def verify(req: VerifyRequest) -> VerifyResponse:
-        if len(req.items) > cfg.max_batch:
-            raise HTTPException(413, f"batch of {len(req.items)} items exceeds max_batch={cfg.max_batch}")
+    def score_all(req: VerifyRequest) -> list[VerifyResult]:
         results = []
         for item in req.items:
             with LATENCY.labels("rest").time():
-                v = scorer.score(item.response, item.gold, item.options.finish_reason)
+                v = scorer.score(item.response, item.gold, item.task, item.options)
             ITEMS.labels("rest", v.status).inc()
-            results.append(VerifyResult(correct=v.correct, reward=v.reward, extracted=v.extracted,
-                                        status=v.status, components=v.components,
-                                        latency_ms=v.latency_ms))
-        return VerifyResponse(results=results)
+            results.append(VerifyResult(**msgspec.structs.asdict(v)))
+        return results
+
+    @app.post("/v1/verify", response_model=VerifyResponse, dependencies=[Depends(check_token)],
+              responses={413: {"description": "body or batch too large"},
+                         503: {"description": "overloaded; retry after the Retry-After seconds"}})
+    async def verify(req: VerifyRequest) -> VerifyResponse:
+        """Score a batch of responses against gold answers; results come in input order."""
+        if len(req.items) > cfg.max_batch:
+            raise HTTPException(413, f"batch of {len(req.items)} items exceeds max_batch={cfg.max_batch}")
+        if inflight[0] >= cfg.max_inflight_requests:
+            SHED.inc()
+            raise HTTPException(503, "verifier overloaded", headers={"Retry-After": "1"})
+        inflight[0] += 1
+        INFLIGHT.set(inflight[0])
+        try:
+            return VerifyResponse(results=await run_in_threadpool(score_all, req))
+        finally:
+            inflight[0] -= 1
+            INFLIGHT.set(inflight[0])
 
     return app

@@ -1,9 +1,11 @@
 """Is an extracted answer equivalent to the gold answer?
 
-Two paths. The fast path decides plain numbers (integers, decimals, thousands separators,
-simple fractions) with exact rational arithmetic in-process; it never parses expressions.
-Everything else goes to math-verify (latex2sympy2 + sympy) inside the sandbox, because
-parsing and simplifying untrusted LaTeX can hang or blow up memory.
+Two paths. The fast path decides plain numbers -- integers, decimals, thousands separators,
+fractions, mixed numbers, scientific notation -- with exact rational arithmetic in-process; it
+never parses expressions. Everything else goes to math-verify (latex2sympy2 + sympy) inside the
+sandbox, because parsing and simplifying untrusted LaTeX can hang or blow up memory. Before that,
+single-variable inequalities are rewritten as intervals (``x \\ge 3`` -> ``[3,\\infty)``), a form
+math-verify compares.
 """
 
 from __future__ import annotations
@@ -11,17 +13,23 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_DECIMAL = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+_NUMBER = re.compile(rf"^{_DECIMAL}$")
 _FRACTION = re.compile(r"^([+-]?\d+)/(\d+)$")
 _LATEX_FRAC = re.compile(r"^([+-]?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
-_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
+_MIXED = re.compile(r"^([+-]?)(\d+)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}((,|\{,\})\d{3})+(\.\d+)?$")
+_SCIENTIFIC = re.compile(rf"^({_DECIMAL})(?:[eE]([+-]?\d{{1,3}})|(?:\\times|\\cdot)10\^\{{?([+-]?\d{{1,3}})\}}?)$")
+_WRAPPERS = ("\\left", "\\right", "\\!", "\\,", "\\;", " ", "$")
 
 
 def normalize_number(text: str) -> Fraction | None:
     """Exact value of a plain numeric answer, or None if it is anything more than a number."""
-    s = text.strip().strip("$").replace("\\!", "").replace(" ", "")
+    s = text.strip()
+    for w in _WRAPPERS:
+        s = s.replace(w, "")
     if _THOUSANDS.match(s):
-        s = s.replace(",", "")
+        s = s.replace("{,}", "").replace(",", "")
     try:
         if _NUMBER.match(s):
             return Fraction(s)
@@ -29,9 +37,16 @@ def normalize_number(text: str) -> Fraction | None:
             return Fraction(int(m.group(1)), int(m.group(2))) if int(m.group(2)) else None
         if m := _LATEX_FRAC.match(s):
             num, den = int(m.group(2)), int(m.group(3))
-            if den == 0:
+            return Fraction(-num if m.group(1) == "-" else num, den) if den else None
+        if m := _MIXED.match(s):
+            whole, num, den = int(m.group(2)), int(m.group(3)), int(m.group(4))
+            if not den or num >= den:  # "2\frac{5}{2}" is not a mixed number
                 return None
-            return Fraction(-num if m.group(1) == "-" else num, den)
+            value = whole + Fraction(num, den)
+            return -value if m.group(1) == "-" else value
+        if m := _SCIENTIFIC.match(s):
+            exponent = int(m.group(2) or m.group(3))
+            return Fraction(m.group(1)) * Fraction(10) ** exponent
     except (ValueError, ZeroDivisionError):
         return None
     return None
@@ -45,13 +60,50 @@ def fast_equivalent(answer: str, gold: str) -> bool | None:
     return a == g
 
 
+_LT = {"<": "(", "\\lt": "(", "<=": "[", "\\le": "[", "\\leq": "[", "\\leqslant": "["}
+_GT = {">": "(", "\\gt": "(", ">=": "[", "\\ge": "[", "\\geq": "[", "\\geqslant": "["}
+_FLIP = dict(zip(_LT, _GT)) | dict(zip(_GT, _LT))  # both tables list their operators in the same order
+_OP = r"(<=|>=|<|>|\\leqslant|\\geqslant|\\leq|\\geq|\\le|\\ge|\\lt|\\gt)"
+_SIDE = r"([^<>=\\]*(?:\\(?!l[te]|g[te])[a-z]+[^<>=\\]*)*)"
+_ONE = re.compile(rf"^\s*([a-zA-Z])\s*{_OP}\s*{_SIDE}\s*$")
+_ONE_REV = re.compile(rf"^\s*{_SIDE}\s*{_OP}\s*([a-zA-Z])\s*$")
+_TWO = re.compile(rf"^\s*{_SIDE}\s*{_OP}\s*([a-zA-Z])\s*{_OP}\s*{_SIDE}\s*$")
+
+
+def _close(bracket: str) -> str:
+    return ")" if bracket == "(" else "]"
+
+
+def inequality_to_interval(text: str) -> str:
+    """``x>3`` -> ``(3,\\infty)``, ``1\\le x<2`` -> ``[1,2)``; anything else unchanged."""
+    if m := _TWO.match(text):
+        lo, op1, _var, op2, hi = (g.strip() for g in m.groups())
+        if op1 in _LT and op2 in _LT and lo and hi:
+            return f"{_LT[op1]}{lo},{hi}{_close(_LT[op2])}"
+        if op1 in _GT and op2 in _GT and lo and hi:
+            return f"{_GT[op2]}{hi},{lo}{_close(_GT[op1])}"
+        return text
+    if m := _ONE.match(text):
+        _var, op, bound = (g.strip() for g in m.groups())
+    elif m := _ONE_REV.match(text):
+        bound, op, _var = (g.strip() for g in m.groups())
+        op = _FLIP[op]  # "3 < x" reads as "x > 3"
+    else:
+        return text
+    if not bound:
+        return text
+    if op in _GT:
+        return f"{_GT[op]}{bound},\\infty)"
+    return f"(-\\infty,{bound}{_close(_LT[op])}"
+
+
 def sympy_equivalent(answer: str, gold: str) -> bool:
     """math-verify's verdict. Runs only inside a sandbox worker process."""
     from math_verify import parse, verify
 
     # The sandbox enforces the wall-clock limit; math-verify's own signal-based timeout is off.
-    gold_parsed = parse(f"${gold}$", parsing_timeout=None)
-    answer_parsed = parse(f"${answer}$", parsing_timeout=None)
+    gold_parsed = parse(f"${inequality_to_interval(gold)}$", parsing_timeout=None)
+    answer_parsed = parse(f"${inequality_to_interval(answer)}$", parsing_timeout=None)
     if not gold_parsed or not answer_parsed:
         return False
     return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))

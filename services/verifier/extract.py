@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+# "The final answer is 42." / "the answer is: $x=3$" -- up to the end of the line or sentence
+_FINAL_ANSWER = re.compile(r"(?:final answer|the answer)\s*(?:is)?\s*:?\s*(.+?)\s*(?:\.\s|\.?$)",
+                           re.IGNORECASE | re.MULTILINE)
+_ANSWER_LINE = re.compile(r"^\s*\**answer\**\s*:\s*(.+?)\s*\.?\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 def last_boxed(text: str) -> str | None:
@@ -26,3 +32,34 @@ def last_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[i:j].strip()
     return None
+
+
+def _strip_math(answer: str) -> str:
+    answer = answer.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if answer.startswith(left) and answer.endswith(right) and len(answer) > len(left) + len(right):
+            answer = answer[len(left):-len(right)].strip()
+    return answer
+
+
+def extract_answer(text: str, strict: bool = True) -> str | None:
+    """The final answer: the last box; when not strict, also 'final answer is ...' phrases."""
+    boxed = last_boxed(text)
+    if boxed is not None or strict:
+        return boxed
+    for pattern in (_ANSWER_LINE, _FINAL_ANSWER):
+        matches = pattern.findall(text)
+        if matches:
+            return _strip_math(matches[-1]) or None
+    return None
+
+
+def extract_choice(text: str, choices: str = "ABCDE", strict: bool = True) -> str | None:
+    """A multiple-choice letter: from the last box, else (when not strict) the answer phrase."""
+    candidate = extract_answer(text, strict)
+    if candidate is None:
+        return None
+    letters = re.findall(rf"(?<![A-Za-z])([{choices}{choices.lower()}])(?![A-Za-z])",
+                         candidate.replace("\\text", " ").replace("\\textbf", " "))
+    distinct = {x.upper() for x in letters}
+    return distinct.pop() if len(distinct) == 1 else None

@@ -1,8 +1,9 @@
-"""Turn one response into a verdict: extract, decide equivalence, apply penalties.
+"""Turn one response into a verdict: extract, screen, decide equivalence, apply penalties.
 
 Reward rule (T1): 1 for a correct final answer, 0 for a wrong or missing one, and
-``truncated_reward`` (default -1) when the response hit the length limit, whatever it says.
-A check that timed out or crashed is reported as such (status), never silently as wrong.
+``penalty_reward`` (default -1) when the response is truncated, repetitive or garbled, whatever
+it says; for ``python`` tasks the base reward is the fraction of tests passed. A check that timed
+out or crashed is reported as such (``status``), never silently as a wrong answer.
 """
 
 from __future__ import annotations
@@ -11,42 +12,86 @@ import time
 
 from services.common.config import VerifierConfig
 from services.common.schemas import Verdict
+from services.common.verify_api import VerifyOptions
+from services.verifier.code_sandbox import extract_code, make_code_sandbox
 from services.verifier.equivalence import fast_equivalent
-from services.verifier.extract import last_boxed
+from services.verifier.extract import extract_answer, extract_choice
+from services.verifier.penalties import garbled_share, is_repetitive
 from services.verifier.sandbox import SandboxPool
+from services.verifier.screening import screen_answer
+
+_DEFAULT_OPTIONS = VerifyOptions()
 
 
 class Scorer:
     def __init__(self, cfg: VerifierConfig, pool: SandboxPool | None = None) -> None:
         self.cfg = cfg
         self.pool = pool or SandboxPool(cfg.workers, cfg.timeout_s, cfg.memory_mb)
+        self.code = make_code_sandbox(cfg.code_backend, cfg.code_timeout_s, cfg.code_memory_mb,
+                                      cfg.docker_image)
+        self.scripts = tuple(cfg.allowed_scripts)
         self.fast_path_hits = 0
         self.sandbox_calls = 0
 
-    def score(self, response: str, gold: str, finish_reason: str = "stop") -> Verdict:
+    def penalties(self, response: str, finish_reason: str) -> dict[str, float]:
+        c = self.cfg
+        return {
+            "truncated": float(c.penalize_truncated and finish_reason == "length"),
+            "repetitive": float(c.penalize_repetitive and is_repetitive(
+                response, c.repetition_ngram, c.repetition_max_share, c.repetition_min_words)),
+            "garbled": float(c.penalize_garbled
+                             and garbled_share(response, self.scripts) > c.garbled_max_share),
+        }
+
+    def score(self, response: str, gold: str, task: str = "math",
+              options: VerifyOptions = _DEFAULT_OPTIONS) -> Verdict:
         t0 = time.perf_counter()
-        truncated = finish_reason == "length"
-        extracted = None if truncated else last_boxed(response)
-        status, correct, error = "ok", False, None
-        if extracted is not None:
-            if len(extracted) > self.cfg.max_answer_chars:
-                status, error = "error", "answer too long"
-            else:
-                fast = fast_equivalent(extracted, gold)
-                if fast is not None:
-                    self.fast_path_hits += 1
-                    correct = fast
-                else:
-                    self.sandbox_calls += 1
-                    res = self.pool.run("sympy_equivalent", extracted, gold)
-                    status, correct, error = res.status, bool(res.value), res.error
-                    if status == "error" and error and not error.startswith("sandbox worker died"):
-                        # A parse error is a verdict about the answer (unparseable = wrong).
-                        status = "ok"
-        reward = self.cfg.truncated_reward if truncated else float(correct)
-        components = {"correct": float(correct), "truncated": float(truncated)}
-        return Verdict(correct=correct, reward=reward, extracted=extracted, status=status,
-                       components=components, latency_ms=(time.perf_counter() - t0) * 1000)
+        penalties = self.penalties(response, options.finish_reason)
+        truncated = options.finish_reason == "length"
+        if task == "python":
+            status, base, extracted, detail = self._python(response, options)
+        elif truncated:  # an unfinished response has no final answer, even if it shows a box
+            status, base, extracted, detail = "ok", 0.0, None, "truncated"
+        elif task == "multiple_choice":
+            extracted = extract_choice(response, options.choices, options.strict)
+            status, base, detail = "ok", float(extracted is not None and extracted == gold.strip().upper()), None
+        else:
+            status, base, extracted, detail = self._math(response, gold, options.strict)
+        correct = status == "ok" and base == 1.0 and not truncated
+        penalized = any(penalties.values())
+        reward = self.cfg.penalty_reward if penalized else (base if status == "ok" else 0.0)
+        components = {"correct": float(correct), "base": base, **penalties}
+        return Verdict(correct=correct and not penalized, reward=reward, extracted=extracted,
+                       status=status, components=components, detail=detail,
+                       latency_ms=(time.perf_counter() - t0) * 1000)
+
+    def _math(self, response: str, gold: str, strict: bool):
+        extracted = extract_answer(response, strict)
+        if extracted is None:
+            return "ok", 0.0, None, "no final answer found"
+        rejected = screen_answer(extracted, self.cfg.max_answer_chars, self.cfg.max_nesting)
+        if rejected:
+            return "ok", 0.0, extracted[:200], f"answer rejected before parsing: {rejected}"
+        fast = fast_equivalent(extracted, gold)
+        if fast is not None:
+            self.fast_path_hits += 1
+            return "ok", float(fast), extracted, None
+        self.sandbox_calls += 1
+        res = self.pool.run("sympy_equivalent", extracted, gold)
+        if res.status == "ok":
+            return "ok", float(bool(res.value)), extracted, None
+        if res.status == "error" and not (res.error or "").startswith("sandbox worker died"):
+            # The parser raised: an unparseable answer is a wrong answer, not a service error.
+            return "ok", 0.0, extracted, f"unparseable: {res.error}"
+        return res.status, 0.0, extracted, res.error
+
+    def _python(self, response: str, options: VerifyOptions):
+        code = extract_code(response)
+        try:
+            result = self.code.run(code, options.tests)
+        except RuntimeError as exc:  # e.g. the docker backend with no engine reachable
+            return "error", 0.0, None, str(exc)
+        return result.status, result.fraction, f"{result.passed}/{result.total} tests", result.detail
 
     def close(self) -> None:
         self.pool.close()

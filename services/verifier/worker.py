@@ -8,11 +8,17 @@ import threading
 from services.common import streams
 from services.common.logs import event
 from services.common.schemas import RolloutGroup, ScoredGroup
+from services.common.verify_api import VerifyOptions
 from services.verifier.app import ITEMS, LATENCY
 from services.verifier.scoring import Scorer
 
 log = logging.getLogger(__name__)
 GROUP = "verifier"
+
+
+def finish(reason: str) -> str:
+    # "abort" (generation cut short by the engine) has no final answer either: treat as truncated.
+    return "stop" if reason == "stop" else "length"
 
 
 class VerifierWorker:
@@ -29,7 +35,9 @@ class VerifierWorker:
         verdicts = []
         for sample in group.samples:
             with LATENCY.labels("queue").time():
-                v = self.scorer.score(sample.text, group.prompt.gold, sample.finish_reason)
+                v = self.scorer.score(sample.text, group.prompt.gold, group.prompt.task,
+                                      VerifyOptions(finish_reason=finish(sample.finish_reason),
+                                                    strict=self.scorer.cfg.rl_strict))
             ITEMS.labels("queue", v.status).inc()
             verdicts.append(v)
         return ScoredGroup(rollout=group, verdicts=verdicts)

@@ -1,0 +1,45 @@
+"""T1's penalties on malformed responses: truncated, repetitive, garbled.
+
+Each is a separate reward component; the scorer combines them with the configured rule.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+
+
+def repetition_share(text: str, n: int) -> float:
+    """Share of word n-grams that repeat an earlier one (0 = none repeated, ~1 = one loop)."""
+    words = text.split()
+    if len(words) < n:
+        return 0.0
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    counts = Counter(grams)
+    repeats = sum(c - 1 for c in counts.values())
+    return repeats / len(grams)
+
+
+def is_repetitive(text: str, n: int = 4, max_share: float = 0.5, min_words: int = 24) -> bool:
+    return len(text.split()) >= min_words and repetition_share(text, n) > max_share
+
+
+def garbled_share(text: str, scripts: tuple[str, ...]) -> float:
+    """Share of characters outside ASCII, whitespace and the allowed scripts/math symbols."""
+    if not text:
+        return 0.0
+    bad = 0
+    for ch in text:
+        if ch.isascii():
+            bad += not (ch.isprintable() or ch in "\n\t\r")
+            continue
+        cat = unicodedata.category(ch)
+        if cat.startswith("C") or ch == "\ufffd":  # control, unassigned, replacement characters
+            bad += 1
+            continue
+        if cat in ("Sm", "Zs", "Pd", "Pi", "Pf", "Po"):  # math symbols, spaces, punctuation
+            continue
+        name = unicodedata.name(ch, "")
+        if not any(name.startswith(script) for script in scripts):
+            bad += 1
+    return bad / len(text)
