@@ -1,59 +1,143 @@
-"""Verifier throughput: our scorer (exact fast path + sandboxed math-verify) vs math-verify alone.
+"""Verifier speed: our scorer vs math-verify alone, and the REST service under concurrent load.
 
-Same items for both, scored one at a time in this process: T1-style responses to the addition
-task (mostly plain-number answers, as in RL on numeric math) plus a share of symbolic answers
-that must go through the sandbox. Prints verdict agreement and a RESULT line.
+1. Core: the same items scored one at a time in this process by (a) our scorer (exact fast path,
+   else math-verify inside a sandbox process) and (b) math-verify's ``verify(parse(gold),
+   parse(pred))``. The mix is MATH-like: mostly numeric answers (integers, decimals, fractions),
+   some expressions, sets, intervals and radicals; about half of the answers are wrong.
+2. HTTP: ``t1 verifier`` as its own process on loopback, hit by an async client with several
+   requests in flight; items/s and per-request p50/p99 latency.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+import statistics
+import subprocess
+import sys
 import time
+
+N_ITEMS = 2000
+HTTP_REQUESTS = 200
+HTTP_BATCH = 16
+HTTP_CONCURRENCY = 8
 
 
 def items(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    from services.trainer.task import AdditionTask
-
     rng = random.Random(seed)
-    task = AdditionTask(digits=3)
     out = []
-    for i in range(n):
-        p = task.problem(i)
-        if i % 10 == 0:  # symbolic: needs the parser
-            out.append((f"so the answer is \\boxed{{\\sqrt{{{p.answer ** 2}}}}}", str(p.answer)))
-            continue
-        answer = p.answer if rng.random() < 0.5 else p.answer + rng.choice([-1, 1, 10])
-        out.append((task.cot(p, rng).rsplit("\\boxed", 1)[0] + f"\\boxed{{{answer}}}", str(p.answer)))
+    for _ in range(n):
+        kind = rng.random()
+        right = rng.random() < 0.5
+        a, b = rng.randint(2, 999), rng.randint(2, 99)
+        if kind < 0.45:  # integers
+            gold, pred = str(a), str(a if right else a + rng.choice([-1, 1, 10]))
+        elif kind < 0.60:  # decimals
+            gold, pred = f"{a / 4}", f"{a / 4 if right else a / 4 + 0.5}"
+        elif kind < 0.75:  # fractions, either notation
+            gold, pred = f"\\frac{{{a}}}{{{b}}}", f"{a}/{b}" if right else f"{a + 1}/{b}"
+        elif kind < 0.82:  # expressions
+            gold, pred = f"{b}x+{a}", f"{a}+{b}x" if right else f"{a}x+{b}"
+        elif kind < 0.89:  # sets
+            gold, pred = f"\\{{{a},{b}\\}}", f"\\{{{b},{a}\\}}" if right else f"\\{{{a},{b + 1}\\}}"
+        elif kind < 0.95:  # intervals
+            gold, pred = f"[{b},{a})", f"[{b},{a})" if right else f"({b},{a}]"
+        else:  # radicals
+            gold, pred = f"{b}\\sqrt{{2}}", f"\\sqrt{{{2 * b * b}}}" if right else f"\\sqrt{{{2 * b * b + 1}}}"
+        out.append((f"Let me work it out step by step... so the answer is \\boxed{{{pred}}}", gold))
     return out
 
 
-def main() -> None:
+def core(data, workers: int) -> tuple[float, float, float, tuple[int, int]]:
     import logging
 
     from math_verify import parse, verify
 
     from services.common.config import VerifierConfig
+    from services.common.verify_api import VerifyOptions
     from services.verifier.scoring import Scorer
 
     logging.disable(logging.WARNING)
-    data = items(2000)
-    scorer = Scorer(VerifierConfig(workers=1))
-    scorer.score("\\boxed{x+1}", "x+1")  # start-up of the sandbox process is not measured
+    scorer = Scorer(VerifierConfig(workers=workers))
+    # sandbox start-up is not part of the measurement
+    scorer.score_batch([("\\boxed{x+1}", "x+1", "math", VerifyOptions())] * workers)
+    scorer.fast_path_hits = scorer.sandbox_calls = 0
     t0 = time.perf_counter()
-    ours = [scorer.score(r, g).correct for r, g in data]
+    # the service's own path: a request's (or a group's) items share the sandbox workers
+    ours = []
+    for i in range(0, len(data), 64):
+        ours += [v.correct for v in scorer.score_batch(
+            [(r, g, "math", VerifyOptions()) for r, g in data[i:i + 64]])]
     ours_s = time.perf_counter() - t0
+    counts = (scorer.fast_path_hits, scorer.sandbox_calls)
     scorer.close()
-
     t0 = time.perf_counter()
     peer = [bool(verify(parse(f"${g}$"), parse(r))) for r, g in data]
     peer_s = time.perf_counter() - t0
-
     agree = sum(a == b for a, b in zip(ours, peer)) / len(data)
-    print(f"items {len(data)}; ours {len(data) / ours_s:.0f} items/s "
-          f"(fast path {scorer.fast_path_hits}, sandbox {scorer.sandbox_calls}); "
-          f"math-verify {len(data) / peer_s:.0f} items/s; verdict agreement {agree:.4f}")
+    return ours_s, peer_s, agree, counts
+
+
+async def http_load(url: str, data) -> tuple[float, list[float], int]:
+    import httpx
+
+    latencies, errors = [], 0
+    gate = asyncio.Semaphore(HTTP_CONCURRENCY)
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def one(i: int) -> None:
+            nonlocal errors
+            batch = [data[(i * HTTP_BATCH + j) % len(data)] for j in range(HTTP_BATCH)]
+            body = {"items": [{"response": r, "gold": g} for r, g in batch]}
+            async with gate:
+                t0 = time.perf_counter()
+                resp = await client.post(f"{url}/v1/verify", json=body)
+                latencies.append(time.perf_counter() - t0)
+                errors += resp.status_code != 200
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(HTTP_REQUESTS)))
+        wall = time.perf_counter() - t0
+    return wall, latencies, errors
+
+
+def main() -> None:
+    import httpx
+
+    from services.common.net import free_port
+
+    data = items(N_ITEMS)
+    serial_s, _, _, _ = core(data, workers=1)
+    ours_s, peer_s, agree, (fast, sandbox) = core(data, workers=2)
+    print(f"core: {N_ITEMS} items; ours {N_ITEMS / ours_s:.0f} items/s with 2 sandbox workers "
+          f"({N_ITEMS / serial_s:.0f} with 1; fast path {fast}, sandbox {sandbox}); "
+          f"math-verify {N_ITEMS / peer_s:.0f} items/s; verdict agreement {agree:.4f}")
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "verifier", "--port", str(port),
+                             "--config", "tiny"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        asyncio.run(http_load(url, data[:64]))  # warm-up
+        wall, lat, errors = asyncio.run(http_load(url, data))
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    lat_ms = sorted(x * 1000 for x in lat)
+    p50 = statistics.median(lat_ms)
+    p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))]
+    items_per_s = HTTP_REQUESTS * HTTP_BATCH / wall
+    print(f"http: {HTTP_REQUESTS} requests x {HTTP_BATCH} items, {HTTP_CONCURRENCY} in flight: "
+          f"{items_per_s:.0f} items/s, {HTTP_REQUESTS / wall:.0f} req/s, p50 {p50:.1f} ms, "
+          f"p99 {p99:.1f} ms, errors {errors}")
     print(f"RESULT verifier_vs_math_verify {peer_s / ours_s:.2f} x vs math-verify")
+    print(f"RESULT verifier_one_worker_vs_math_verify {peer_s / serial_s:.2f} x vs math-verify")
     print(f"RESULT verifier_agreement_with_math_verify {agree:.4f} fraction vs math-verify")
+    print(f"RESULT verifier_http_items_per_s_vs_math_verify {items_per_s / (N_ITEMS / peer_s):.2f} x vs math-verify")
 
 
 if __name__ == "__main__":

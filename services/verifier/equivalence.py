@@ -52,12 +52,48 @@ def normalize_number(text: str) -> Fraction | None:
     return None
 
 
-def fast_equivalent(answer: str, gold: str) -> bool | None:
-    """True/False when both sides are plain numbers; None when the slow path must decide."""
-    a, g = normalize_number(answer), normalize_number(gold)
-    if a is None or g is None:
+_INFINITY = {"\\infty": "inf", "+\\infty": "inf", "-\\infty": "-inf", "\\infinity": "inf"}
+_LIST = re.compile(r"^(\\\{|[\[(])(.*)(\\\}|[\])])$")
+
+
+def _bound(text: str) -> Fraction | str | None:
+    t = text.strip()
+    return _INFINITY.get(t.replace(" ", "")) or normalize_number(t)
+
+
+def _numeric_list(text: str) -> tuple[str, str, list] | None:
+    """``\\{1,2\\}`` / ``[1,2)`` / ``(1,2,3)`` of plain numbers -> (open, close, values)."""
+    s = text.strip().replace("\\left", "").replace("\\right", "")
+    m = _LIST.match(s)
+    if not m or "{,}" in s:
         return None
-    return a == g
+    opening, body, closing = m.groups()
+    if (opening == "\\{") != (closing == "\\}"):
+        return None
+    values = [_bound(part) for part in body.split(",")]
+    if len(values) < 2 or any(v is None for v in values):
+        return None
+    return opening, closing, values
+
+
+def fast_equivalent(answer: str, gold: str) -> bool | None:
+    """True/False when both sides are plain numbers, or sets/intervals/tuples of them with the
+    same brackets; None when the slow path must decide."""
+    a, g = normalize_number(answer), normalize_number(gold)
+    if a is not None and g is not None:
+        return a == g
+    if a is not None or g is not None:
+        return None
+    la, lg = _numeric_list(answer), _numeric_list(gold)
+    if la is None or lg is None:
+        return None
+    if la[:2] != lg[:2]:
+        if "\\{" not in (la[0], lg[0]) and len(la[2]) == len(lg[2]) == 2:
+            return False  # intervals/pairs whose endpoints differ in openness are different sets
+        return None  # different shapes (set vs interval, ...): let the parser decide
+    if la[0] == "\\{":  # sets: order and repetition do not matter
+        return set(la[2]) == set(lg[2])
+    return la[2] == lg[2]  # intervals and tuples: element-wise
 
 
 _LT = {"<": "(", "\\lt": "(", "<=": "[", "\\le": "[", "\\leq": "[", "\\leqslant": "["}

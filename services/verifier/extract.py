@@ -8,7 +8,7 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # "The final answer is 42." / "the answer is: $x=3$" -- up to the end of the line or sentence
 _FINAL_ANSWER = re.compile(r"(?:final answer|the answer)\s*(?:is)?\s*:?\s*(.+?)\s*(?:\.\s|\.?$)",
                            re.IGNORECASE | re.MULTILINE)
-_ANSWER_LINE = re.compile(r"^\s*\**answer\**\s*:\s*(.+?)\s*\.?\s*$", re.IGNORECASE | re.MULTILINE)
+_ANSWER_LINE = re.compile(r"^\s*\**answer\s*:\s*\**\s*(.+?)\s*\.?\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 def last_boxed(text: str) -> str | None:

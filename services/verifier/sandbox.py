@@ -85,6 +85,7 @@ class SandboxPool:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self.replaced = 0
+        self.size = workers
         for _ in range(workers):
             self._spawn()
 

@@ -8,7 +8,10 @@ out or crashed is reported as such (``status``), never silently as a wrong answe
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from services.common.config import VerifierConfig
 from services.common.schemas import Verdict
@@ -30,8 +33,21 @@ class Scorer:
         self.code = make_code_sandbox(cfg.code_backend, cfg.code_timeout_s, cfg.code_memory_mb,
                                       cfg.docker_image)
         self.scripts = tuple(cfg.allowed_scripts)
+        self._threads = ThreadPoolExecutor(max(1, self.pool.size), thread_name_prefix="score")
         self.fast_path_hits = 0
         self.sandbox_calls = 0
+        self.cache_hits = 0
+        # Sandboxed verdicts by (answer, gold): the K samples of one prompt often agree, and a
+        # parse costs milliseconds. Only definite verdicts are cached, never timeouts/errors.
+        self._cache: OrderedDict[tuple[str, str], tuple[float, str | None]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._cache_size = 8192
+
+    def score_batch(self, items: list[tuple[str, str, str, VerifyOptions]]) -> list[Verdict]:
+        """Score many items, running up to one check per sandbox worker at a time; input order."""
+        if len(items) < 2 or self.pool.size < 2:
+            return [self.score(*item) for item in items]
+        return list(self._threads.map(lambda item: self.score(*item), items))
 
     def penalties(self, response: str, finish_reason: str) -> dict[str, float]:
         c = self.cfg
@@ -76,14 +92,26 @@ class Scorer:
         if fast is not None:
             self.fast_path_hits += 1
             return "ok", float(fast), extracted, None
+        key = (extracted, gold)
+        with self._cache_lock:
+            if (hit := self._cache.get(key)) is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return "ok", hit[0], extracted, hit[1]
         self.sandbox_calls += 1
         res = self.pool.run("sympy_equivalent", extracted, gold)
         if res.status == "ok":
-            return "ok", float(bool(res.value)), extracted, None
-        if res.status == "error" and not (res.error or "").startswith("sandbox worker died"):
+            verdict = (float(bool(res.value)), None)
+        elif res.status == "error" and not (res.error or "").startswith("sandbox worker died"):
             # The parser raised: an unparseable answer is a wrong answer, not a service error.
-            return "ok", 0.0, extracted, f"unparseable: {res.error}"
-        return res.status, 0.0, extracted, res.error
+            verdict = (0.0, f"unparseable: {res.error}")
+        else:
+            return res.status, 0.0, extracted, res.error
+        with self._cache_lock:
+            self._cache[key] = verdict
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return "ok", verdict[0], extracted, verdict[1]
 
     def _python(self, response: str, options: VerifyOptions):
         code = extract_code(response)
@@ -94,4 +122,5 @@ class Scorer:
         return result.status, result.fraction, f"{result.passed}/{result.total} tests", result.detail
 
     def close(self) -> None:
+        self._threads.shutdown(wait=False)
         self.pool.close()

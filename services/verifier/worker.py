@@ -32,14 +32,14 @@ class VerifierWorker:
         self.groups_done = 0
 
     def score_group(self, group: RolloutGroup) -> ScoredGroup:
-        verdicts = []
-        for sample in group.samples:
-            with LATENCY.labels("queue").time():
-                v = self.scorer.score(sample.text, group.prompt.gold, group.prompt.task,
-                                      VerifyOptions(finish_reason=finish(sample.finish_reason),
-                                                    strict=self.scorer.cfg.rl_strict))
+        strict = self.scorer.cfg.rl_strict
+        verdicts = self.scorer.score_batch([
+            (x.text, group.prompt.gold, group.prompt.task,
+             VerifyOptions(finish_reason=finish(x.finish_reason), strict=strict))
+            for x in group.samples])
+        for v in verdicts:
             ITEMS.labels("queue", v.status).inc()
-            verdicts.append(v)
+            LATENCY.labels("queue").observe(v.latency_ms / 1000)
         return ScoredGroup(rollout=group, verdicts=verdicts)
 
     def run_once(self, count: int = 4) -> int:

@@ -1,103 +1,150 @@
-"""The verifier REST API over a real socket: `t1 verifier` started as its own process."""
+"""The verifier REST API over a real socket: `t1 verifier` started as its own process,
+called through the project's own typed client."""
 
+import asyncio
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from services.common.net import free_port
+from services.common.verifier_client import AsyncVerifierClient, VerifierClient, VerifierError
 
 TOKEN = "s3cret"
+TIMEOUT_S = 2.0
 
 
-@pytest.fixture(scope="module")
-def verifier_url(tmp_path_factory):
+def start_verifier(tmp_path_factory, *sets: str):
     port = free_port()
     log = open(tmp_path_factory.mktemp("verifier") / "verifier.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "verifier", "--port", str(port), "--config", "quick",
-         "--set", f"verifier.auth_token={TOKEN}", "--set", "verifier.timeout_s=2",
-         "--set", "verifier.max_batch=8", "--set", "verifier.max_body_bytes=20000"],
-        stdout=log, stderr=subprocess.STDOUT)
+    args = [sys.executable, "-m", "services.cli", "verifier", "--port", str(port), "--config", "quick"]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
+                return proc, url
         except httpx.HTTPError:
             time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("verifier did not become healthy")
+    proc.kill()
+    pytest.fail("verifier did not become healthy")
+
+
+@pytest.fixture(scope="module")
+def verifier_url(tmp_path_factory):
+    proc, url = start_verifier(tmp_path_factory, f"verifier.auth_token={TOKEN}",
+                               f"verifier.timeout_s={TIMEOUT_S}", "verifier.max_batch=8",
+                               "verifier.max_body_bytes=300000")
     yield url
     proc.terminate()
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it
     assert proc.wait(15) in (0, -15)
 
 
-def post(url, body, token=TOKEN, **kw):
+@pytest.fixture
+def client(verifier_url):
+    with VerifierClient(verifier_url, token=TOKEN, max_batch=8) as c:
+        yield c
+
+
+def post(url, body, token=TOKEN):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.post(f"{url}/v1/verify", json=body, headers=headers, timeout=30, **kw)
+    return httpx.post(f"{url}/v1/verify", json=body, headers=headers, timeout=30)
 
 
-def test_batch_verdicts_in_input_order(verifier_url):
-    items = [
-        {"response": "so \\boxed{82}", "gold": "82"},
-        {"response": "so \\boxed{81}", "gold": "82"},
-        {"response": "no answer", "gold": "82"},
-        {"response": "x \\boxed{\\frac{1}{2}}", "gold": "0.5"},
-        {"response": "\\boxed{x=3}", "gold": "3"},
-        {"response": "\\boxed{82}", "gold": "82", "options": {"finish_reason": "length"}},
-    ]
-    r = post(verifier_url, {"items": items})
-    assert r.status_code == 200
-    res = r.json()["results"]
-    assert [x["correct"] for x in res] == [True, False, False, True, True, False]
-    assert [x["reward"] for x in res] == [1.0, 0.0, 0.0, 1.0, 1.0, -1.0]
-    assert res[0]["extracted"] == "82" and res[2]["extracted"] is None
-    assert res[5]["components"]["truncated"] == 1.0
-    assert all(x["status"] == "ok" and x["latency_ms"] >= 0 for x in res)
+def test_batch_verdicts_in_input_order_across_batches(client):
+    items = [{"response": f"so \\boxed{{{n}}}", "gold": str(n if n % 3 else n + 1)} for n in range(20)]
+    results = client.verify(items)  # 20 items -> 3 requests of at most 8
+    assert [r.correct for r in results] == [bool(n % 3) for n in range(20)]
+    assert [r.extracted for r in results] == [str(n) for n in range(20)]
 
 
-def test_hostile_answer_gets_a_verdict_not_a_5xx(verifier_url):
-    r = post(verifier_url, {"items": [{"response": "\\boxed{9^{9^{9^{9^{9}}}}}", "gold": "1"},
-                                      {"response": "\\boxed{__import__('os')}", "gold": "1"}]})
-    assert r.status_code == 200
-    res = r.json()["results"]
-    assert res[0]["status"] == "timeout" and res[0]["correct"] is False
-    assert res[1]["status"] in ("ok", "error") and res[1]["correct"] is False
+def test_async_client_keeps_order(verifier_url):
+    async def go():
+        async with AsyncVerifierClient(verifier_url, token=TOKEN, max_batch=4, concurrency=3) as c:
+            return await c.verify([{"response": f"\\boxed{{{n}}}", "gold": "5"} for n in range(10)])
+    results = asyncio.run(go())
+    assert [r.correct for r in results] == [n == 5 for n in range(10)]
+
+
+def test_result_fields(client):
+    r = client.verify([{"response": "\\boxed{82}", "gold": "82", "options": {"finish_reason": "length"}},
+                       {"response": "x \\boxed{\\frac{1}{2}}", "gold": "0.5"}])
+    assert r[0].reward == -1.0 and r[0].components["truncated"] == 1.0 and r[0].correct is False
+    assert r[1].correct and r[1].reward == 1.0 and r[1].status == "ok" and r[1].latency_ms >= 0
+
+
+ADVERSARIAL = {
+    "code injection": "\\boxed{__import__('os').system('touch /tmp/t1-pwned')}",
+    "eval string": "\\boxed{eval(\"1+1\")}",
+    "power tower": "\\boxed{9^{9^{9^{9}}}}",
+    "tower under the screen": "\\boxed{9^{9^{9}}}",
+    "huge factorial": "\\boxed{100000!}",
+    "huge binomial": "\\boxed{\\binom{10000000}{5000000}}",
+    "100k characters": "\\boxed{" + "1+" * 50_000 + "1}",
+    "20 nested braces": "\\boxed{" + "{" * 20 + "1" + "}" * 20 + "}",
+    "20 nested parens": "\\boxed{" + "(" * 20 + "1" + ")" * 20 + "}",
+    "huge literal": "\\boxed{" + "9" * 5000 + "}",
+    "unbalanced": "\\boxed{\\frac{1}{",
+    "latex commands": "\\boxed{\\input{/etc/passwd}\\def\\x{\\x}\\x}",
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_hostile_answers_get_a_verdict_in_time_and_the_service_stays_healthy(verifier_url, name):
+    t0 = time.monotonic()
+    r = post(verifier_url, {"items": [{"response": ADVERSARIAL[name], "gold": "2"}]})
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert res["correct"] is False
+    assert res["status"] in ("ok", "timeout", "error")
+    assert elapsed < TIMEOUT_S + 0.5, f"{name}: {elapsed:.2f}s"
+    assert httpx.get(f"{verifier_url}/health", timeout=2).json()["ready"] is True
+    ok = post(verifier_url, {"items": [{"response": "\\boxed{2}", "gold": "2"}]})
+    assert ok.json()["results"][0]["correct"] is True
+    import os
+    assert not os.path.exists("/tmp/t1-pwned")
 
 
 @pytest.mark.parametrize("body,code", [
     ({"items": []}, 422),
-    ({"items": [{"response": "x"}]}, 422),
+    ({"items": [{"response": "x"}]}, 422),  # math needs a gold answer
     ({"items": [{"response": "x", "gold": "1", "task": "chess"}]}, 422),
+    ({"items": [{"response": "x", "task": "python"}]}, 422),  # python needs tests
+    ({"items": [{"response": "x", "gold": "1", "options": {"finish_reason": "maybe"}}]}, 422),
     ({"wrong": 1}, 422),
     ({"items": [{"response": "x", "gold": "1"}] * 9}, 413),
 ])
 def test_malformed_requests_get_a_clear_4xx(verifier_url, body, code):
     r = post(verifier_url, body)
     assert r.status_code == code
-    assert "detail" in r.json()
+    assert r.json()["detail"]
 
 
-def test_oversized_body_is_rejected(verifier_url):
-    r = post(verifier_url, {"items": [{"response": "x" * 30000, "gold": "1"}]})
-    assert r.status_code == 413
+def test_client_raises_the_servers_message_for_4xx(verifier_url):
+    with VerifierClient(verifier_url, token="wrong") as c, pytest.raises(VerifierError) as err:
+        c.verify([{"response": "\\boxed{1}", "gold": "1"}])
+    assert err.value.status_code == 401 and "bearer" in str(err.value.detail)
 
 
-def test_not_json_is_a_4xx(verifier_url):
+def test_oversized_body_and_bad_json(verifier_url):
+    assert post(verifier_url, {"items": [{"response": "x" * 150_000, "gold": "1"}] * 2}).status_code == 413
     r = httpx.post(f"{verifier_url}/v1/verify", content=b"{not json",
                    headers={"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"})
     assert r.status_code == 422
 
 
 def test_bearer_token_is_required_when_configured(verifier_url):
-    assert post(verifier_url, {"items": [{"response": "\\boxed{1}", "gold": "1"}]}, token=None).status_code == 401
-    assert post(verifier_url, {"items": [{"response": "\\boxed{1}", "gold": "1"}]}, token="bad").status_code == 401
+    body = {"items": [{"response": "\\boxed{1}", "gold": "1"}]}
+    assert post(verifier_url, body, token=None).status_code == 401
+    assert post(verifier_url, body, token="bad").status_code == 401
 
 
 def test_health_metrics_and_openapi(verifier_url):
@@ -107,3 +154,23 @@ def test_health_metrics_and_openapi(verifier_url):
     assert "t1_verifier_items_total" in metrics
     spec = httpx.get(f"{verifier_url}/openapi.json").json()
     assert "/v1/verify" in spec["paths"]
+
+
+def test_overload_sheds_with_503_and_the_client_retries(tmp_path_factory):
+    proc, url = start_verifier(tmp_path_factory, "verifier.max_inflight_requests=1",
+                               "verifier.timeout_s=1.5", "verifier.workers=1")
+    try:
+        slow = {"items": [{"response": "\\boxed{9^{9^{9}}}", "gold": "1"}]}  # holds the worker 1.5 s
+        with ThreadPoolExecutor(2) as ex:
+            first = ex.submit(httpx.post, f"{url}/v1/verify", json=slow, timeout=30)
+            time.sleep(0.3)
+            second = httpx.post(f"{url}/v1/verify", json=slow, timeout=30)
+            assert second.status_code == 503 and second.headers["retry-after"] == "1"
+            assert first.result().status_code == 200
+        with ThreadPoolExecutor(2) as ex:  # the client rides out the 503s
+            futures = [ex.submit(VerifierClient(url, backoff_s=0.1).verify,
+                                 [{"response": "\\boxed{9^{9^{9}}}", "gold": "1"}]) for _ in range(2)]
+            assert all(f.result()[0].status == "timeout" for f in futures)
+    finally:
+        proc.terminate()
+        proc.wait(15)

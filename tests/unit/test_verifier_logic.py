@@ -32,3 +32,80 @@ def test_fast_path_decides_numbers_and_defers_the_rest():
     assert fast_equivalent("0.5", "\\frac{1}{2}") is True
     assert fast_equivalent("82", "83") is False
     assert fast_equivalent("x=3", "3") is None  # needs the sandboxed parser
+
+
+# -- extraction ---------------------------------------------------------------------------------
+from services.verifier.equivalence import inequality_to_interval  # noqa: E402
+from services.verifier.extract import extract_answer, extract_choice  # noqa: E402
+from services.verifier.penalties import garbled_share, is_repetitive, repetition_share  # noqa: E402
+from services.verifier.screening import nesting_depth, power_tower_height, screen_answer  # noqa: E402
+
+
+@pytest.mark.parametrize("text,strict,expected", [
+    ("so \\boxed{3}. The final answer is 4.", True, "3"),
+    ("The final answer is 4.", True, None),
+    ("The final answer is 4.", False, "4"),
+    ("The final answer is $\\frac{1}{2}$.", False, "\\frac{1}{2}"),
+    ("work\nAnswer: x=3\n", False, "x=3"),
+    ("**Answer:** 12", False, "12"),
+    ("nothing here", False, None),
+])
+def test_extract_answer(text, strict, expected):
+    assert extract_answer(text, strict) == expected
+
+
+@pytest.mark.parametrize("text,strict,expected", [
+    ("\\boxed{B}", True, "B"), ("\\boxed{(b)}", True, "B"), ("\\boxed{\\text{(D)}}", True, "D"),
+    ("\\boxed{A or B}", True, None), ("The answer is (C).", False, "C"), ("\\boxed{F}", True, None),
+])
+def test_extract_choice(text, strict, expected):
+    assert extract_choice(text, "ABCDE", strict) == expected
+
+
+@pytest.mark.parametrize("text,value", [
+    ("1.5e3", Fraction(1500)), ("2.5\\times10^{-2}", Fraction(1, 40)), ("3 \\cdot 10^4", Fraction(30000)),
+    ("2\\frac{1}{2}", Fraction(5, 2)), ("-1\\frac{1}{4}", Fraction(-5, 4)), ("2\\frac{5}{2}", None),
+    ("1{,}000", Fraction(1000)), ("\\left(5\\right)", None),
+])
+def test_normalize_more_number_forms(text, value):
+    assert normalize_number(text) == value
+
+
+@pytest.mark.parametrize("text,interval", [
+    ("x>3", "(3,\\infty)"), ("x \\geq 3", "[3,\\infty)"), ("3<x", "(3,\\infty)"), ("x<=-1", "(-\\infty,-1]"),
+    ("1\\le x<2", "[1,2)"), ("5>x\\ge 1", "[1,5)"), ("x<\\frac{1}{2}", "(-\\infty,\\frac{1}{2})"),
+    ("x=3", "x=3"), ("2x>3", "2x>3"), ("(1,2)", "(1,2)"),
+])
+def test_inequalities_become_intervals(text, interval):
+    assert inequality_to_interval(text) == interval
+
+
+# -- screening and penalties --------------------------------------------------------------------
+def test_nesting_and_towers():
+    assert nesting_depth("{(a)[b]}") == 2 and nesting_depth("{" * 20 + "}" * 20) == 20
+    assert power_tower_height("x^2") == 2 and power_tower_height("9^{9^{9}}") == 3
+    assert power_tower_height("9^{9^{9^{9}}}") == 4 and power_tower_height("2+3") == 0
+
+
+@pytest.mark.parametrize("answer,rejected", [
+    ("\\frac{1}{2}", False), ("x^{2}+1", False), ("9^{9^{9^{9}}}", True), ("{" * 13 + "}" * 13, True),
+    ("9" * 400, True), ("2^{100000}", True), ("10000!", True), ("(12345)!", True),
+    ("\\binom{1000000}{3}", True), ("5!", False), ("x" * 3000, True),
+])
+def test_screen_answer(answer, rejected):
+    assert (screen_answer(answer, max_chars=2000, max_nesting=12) is not None) == rejected
+
+
+def test_repetition_rule():
+    assert repetition_share("a b c d a b c d a b c d", 4) > 0.5
+    assert repetition_share("one two three four five six", 4) == 0
+    assert is_repetitive("again and again " * 30)
+    assert not is_repetitive("again and again " * 3)  # too short to judge
+
+
+def test_garbled_share():
+    assert garbled_share("plain ascii 1+1=2", ("LATIN",)) == 0
+    assert garbled_share("\ufffd\ufffd ab", ("LATIN",)) == pytest.approx(2 / 5)
+    assert garbled_share("α β γ", ("LATIN",)) == pytest.approx(3 / 5)
+    assert garbled_share("α β γ", ("LATIN", "GREEK")) == 0
+    assert garbled_share("x ≤ y ∑", ("LATIN",)) == 0  # math symbols are always fine
