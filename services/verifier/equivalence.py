@@ -135,11 +135,14 @@ def inequality_to_interval(text: str) -> str:
 
 def sympy_equivalent(answer: str, gold: str) -> bool:
     """math-verify's verdict. Runs only inside a sandbox worker process."""
-    from math_verify import parse, verify
+    from math_verify import LatexExtractionConfig, parse, verify
 
-    # The sandbox enforces the wall-clock limit; math-verify's own signal-based timeout is off.
-    gold_parsed = parse(f"${inequality_to_interval(gold)}$", parsing_timeout=None)
-    answer_parsed = parse(f"${inequality_to_interval(answer)}$", parsing_timeout=None)
+    # LaTeX extraction only: math-verify's plain-expression extractor hands text to sympy's
+    # parse_expr, which evaluates Python. The sandbox enforces the wall-clock limit, so
+    # math-verify's own signal-based timeout is off.
+    latex_only = [LatexExtractionConfig()]
+    gold_parsed = parse(f"${inequality_to_interval(gold)}$", latex_only, parsing_timeout=None)
+    answer_parsed = parse(f"${inequality_to_interval(answer)}$", latex_only, parsing_timeout=None)
     if not gold_parsed or not answer_parsed:
         return False
     return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))
