@@ -37,6 +37,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(TINY, tmp_path_factory.mktemp("model") / "base")
 
 
+@pytest.fixture(scope="session")
+def tied_model_dir(tmp_path_factory) -> Path:
+    """Same shape with tied input/output embeddings, as in Qwen2.5 0.5B-3B."""
+    from services.trainer.tiny_model import build_tiny_model
+
+    tied = TINY.model_copy(update={"tie_word_embeddings": True})
+    return build_tiny_model(tied, tmp_path_factory.mktemp("model") / "tied")
+
+
 @pytest.fixture
 def make_config(tmp_path, tiny_model_dir):
     """The quick preset pointed at a temp run dir, the shared tiny model and free ports."""

@@ -32,6 +32,7 @@ def engine_kwargs(cfg: GeneratorConfig) -> dict:
         # Log-probs after temperature / top-p: the distribution the tokens were drawn from,
         # which is what the trainer's importance ratio divides by.
         logprobs_mode="processed_logprobs",
+        worker_extension_cls="services.generator.engine.WeightSyncExtension",
     )
     if _is_cpu_build():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
@@ -87,5 +88,33 @@ class RolloutEngine:
         t0 = time.monotonic()
         self.llm.collective_rpc("reload_weights",
                                 kwargs={"weights_path": weights_dir, "is_checkpoint_format": True})
+        self.llm.collective_rpc("refresh_tied_lm_head")
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         return time.monotonic() - t0
+
+
+class WeightSyncExtension:
+    """Methods mixed into every vLLM worker (``worker_extension_cls``), callable by name with
+    ``collective_rpc`` -- no pickled code crosses the engine's IPC."""
+
+    def refresh_tied_lm_head(self) -> bool:
+        return refresh_tied_lm_head(self.model_runner.get_model())
+
+
+def refresh_tied_lm_head(model) -> bool:
+    """Rebuild what the LM head derives from its weight after an in-place reload.
+
+    With ``tie_word_embeddings`` (Qwen2.5 0.5B-3B) vLLM shares one Parameter between
+    ``embed_tokens`` and ``lm_head``. The in-place reload loads the shared matrix through
+    ``embed_tokens`` but never processes the ``lm_head`` layer (its weight is absent from tied
+    checkpoints), so the CPU backend kept computing logits through a GEMM pre-packed from the OLD
+    weights: after a sync, sampling used stale output weights (log-probs off by up to 3.8 nats on
+    the tiny model). ``tests/integration/test_generator.py`` checks parity on a tied model.
+    """
+    config = getattr(model, "config", None)
+    head = getattr(model, "lm_head", None)
+    method = getattr(head, "quant_method", None)
+    if not getattr(config, "tie_word_embeddings", False) or method is None:
+        return False
+    method.process_weights_after_loading(head)
+    return True

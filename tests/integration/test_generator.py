@@ -18,9 +18,15 @@ CFG = GeneratorConfig(samples_per_prompt=4, temperature=1.3, top_p=1.0, max_toke
                       gpu_memory_utilization=0.1)
 
 
+@pytest.fixture(scope="module", params=["untied", "tied"])
+def model_dir(request, tiny_model_dir, tied_model_dir):
+    # Tied embeddings (Qwen2.5 0.5B-3B) once made a synced engine sample from stale weights.
+    return tiny_model_dir if request.param == "untied" else tied_model_dir
+
+
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    eng = RolloutEngine(str(tiny_model_dir), CFG)
+def engine(model_dir):
+    eng = RolloutEngine(str(model_dir), CFG)
     yield eng
     eng.llm.llm_engine.engine_core.shutdown()  # stop the engine process before pytest closes stdio
 
@@ -33,7 +39,7 @@ def hf_logprobs(model_dir, prompt_ids, resp_ids, temperature=1.0):
     return torch.tensor([logp[len(prompt_ids) - 1 + t, tok].item() for t, tok in enumerate(resp_ids)])
 
 
-def test_k_samples_with_behaviour_logprobs_of_the_sampling_distribution(engine, tiny_model_dir):
+def test_k_samples_with_behaviour_logprobs_of_the_sampling_distribution(engine, model_dir):
     groups = engine.generate(["Q:12+34\nA:", "Q:5+6\nA:"])
     assert len(groups) == 2
     for g in groups:
@@ -46,7 +52,7 @@ def test_k_samples_with_behaviour_logprobs_of_the_sampling_distribution(engine, 
     # vLLM's log-probs (after temperature) equal the HF model's at the same temperature
     g = groups[0]
     s = g.samples[0]
-    ref = hf_logprobs(tiny_model_dir, g.prompt_token_ids, s.token_ids, CFG.temperature)
+    ref = hf_logprobs(model_dir, g.prompt_token_ids, s.token_ids, CFG.temperature)
     assert torch.allclose(torch.tensor(s.logprobs), ref, atol=1e-4), (torch.tensor(s.logprobs) - ref).abs().max()
 
 
@@ -62,10 +68,10 @@ def perturbed_version(src, weights_dir, version, seed):
     return WeightAnnouncement(version=version, uri=str(path), sha256=digest, step=version)
 
 
-def test_worker_syncs_weights_and_publishes_versioned_groups(engine, tiny_model_dir, s, tmp_path):
+def test_worker_syncs_weights_and_publishes_versioned_groups(engine, model_dir, s, tmp_path):
     worker = GeneratorWorker(s, engine, "gen-test", max_prompts=8, visibility_timeout_s=30)
     assert worker.version == 0
-    ann = perturbed_version(tiny_model_dir, tmp_path / "w", 1, seed=1)
+    ann = perturbed_version(model_dir, tmp_path / "w", 1, seed=1)
     weights.announce(s, ann)
     for i in range(3):
         s.publish(streams.PROMPTS, Prompt(prompt_id=f"p{i}", index=i, text=f"Q:{i}+1\nA:", gold=str(i + 1)))
@@ -84,14 +90,14 @@ def test_worker_syncs_weights_and_publishes_versioned_groups(engine, tiny_model_
     assert torch.allclose(torch.tensor(sample.logprobs), ref, atol=1e-4)
 
     # A corrupted version is refused: the old one keeps serving, the next good one loads.
-    bad = perturbed_version(tiny_model_dir, tmp_path / "w", 2, seed=2)
+    bad = perturbed_version(model_dir, tmp_path / "w", 2, seed=2)
     with open(bad.uri + "/model.safetensors", "r+b") as f:
         f.seek(-16, 2)
         f.write(b"\x00" * 16)
     weights.announce(s, bad)
     worker.maybe_update_weights()
     assert worker.version == 1
-    good = perturbed_version(tiny_model_dir, tmp_path / "w", 3, seed=3)
+    good = perturbed_version(model_dir, tmp_path / "w", 3, seed=3)
     weights.announce(s, good)
     worker.maybe_update_weights()
     assert worker.version == 3
