@@ -108,7 +108,17 @@ class TrainerConfig(Section):
     grad_clip: float = 1.0
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.28
-    entropy_coef: float = 0.0
+    entropy_coef: float = 0.0  # alpha: entropy bonus over the full vocabulary
+    # KL to the dynamic anchor: folded into the reward (T1), a k3 loss term, or off
+    kl_mode: Literal["reward", "loss", "none"] = "reward"
+    kl_coef: float = 2e-4  # beta
+    anchor_interval: int = 50  # rotate the anchor every N policy versions (0: never)
+    anchor_mode: Literal["hard", "ema"] = "hard"
+    anchor_ema_decay: float = 0.9  # ema: anchor <- decay * anchor + (1 - decay) * policy
+    # oversampling: which of the K samples of a group are trained on
+    keep_rule: Literal["all", "balanced", "max_variance"] = "all"
+    keep_size: int | None = None  # M for max_variance
+    checkpoint_interval: int = 1  # DeepSpeed checkpoint every N steps (0: never)
     drop_zero_variance: bool = True  # a group whose rewards are all equal carries no signal
     zero_stage: int = 2
     sft_steps: int = 0

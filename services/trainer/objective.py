@@ -59,22 +59,76 @@ class LossInputs:
     response_mask: torch.Tensor  # [N, T] 1 for real response tokens
     behaviour_logp: torch.Tensor  # [N, T] from the generator
     advantages: torch.Tensor  # [N]
+    anchor_logp: torch.Tensor | None = None  # [N, T] under the anchor; needed for the k3 term
 
 
 def t1_policy_loss(inp: LossInputs, temperature: float, eps_low: float, eps_high: float,
-                   entropy_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped policy-gradient loss minus the entropy bonus, token-level mean."""
+                   entropy_coef: float, kl_loss_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped policy-gradient loss - alpha * entropy (+ beta * k3 KL to the anchor when the KL
+    is a loss term rather than folded into the reward), each a token-level mean."""
     logp, entropy = token_logprobs_and_entropy(inp.logits, inp.response_ids, temperature)
     pg, clipped = clipped_surrogate(logp, inp.behaviour_logp, inp.advantages, eps_low, eps_high)
     mask = inp.response_mask.float()
     pg_loss = masked_mean(pg, mask)
     ent = masked_mean(entropy, mask)
     loss = pg_loss - entropy_coef * ent
+    kl = None
+    if inp.anchor_logp is not None:
+        kl = masked_mean(kl_k3(logp, inp.anchor_logp), mask)
+        if kl_loss_coef:
+            loss = loss + kl_loss_coef * kl
     with torch.no_grad():
+        ratio = torch.exp(logp - inp.behaviour_logp)
         stats = {
             "pg_loss": pg_loss.item(),
             "entropy": ent.item(),
             "clip_frac": masked_mean(clipped, mask).item(),
             "ratio_dev": masked_mean((logp - inp.behaviour_logp).abs(), mask).item(),
+            "is_weight_mean": masked_mean(ratio, mask).item(),
+            "is_weight_max": (ratio * mask).max().item(),
+            "kl_anchor": kl.item() if kl is not None else 0.0,
         }
     return loss, stats
+
+
+# -- KL to the anchor (the dynamic reference model) -----------------------------------------
+def kl_k1(logp: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token log-ratio log pi(y) - log pi_anchor(y); its sum over a response estimates KL."""
+    return logp - anchor_logp
+
+
+def kl_k3(logp: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator exp(a - p) - (a - p) - 1: non-negative, unbiased for KL(pi||anchor)."""
+    d = anchor_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+def kl_shaped_rewards(rewards: torch.Tensor, seq_kl: torch.Tensor, beta: float) -> torch.Tensor:
+    """T1's choice: fold the KL into the reward, r_i - beta * KL_i ([G, K]); RLOO then centres
+    the shaped rewards within each group."""
+    return rewards - beta * seq_kl
+
+
+# -- oversampling: which of the K samples a group trains on ------------------------------------
+def select_samples(rewards: list[float], rule: str, size: int | None = None) -> list[int]:
+    """Indices of the samples to keep.
+
+    all: every sample. balanced: as many correct (max reward) as incorrect ones, the first of
+    each in order. max_variance: a subset of ``size`` whose reward variance is largest -- the
+    highest- and lowest-reward halves.
+    """
+    k = len(rewards)
+    if rule == "all":
+        return list(range(k))
+    if rule == "balanced":
+        top = max(rewards)
+        good = [i for i in range(k) if rewards[i] == top]
+        bad = [i for i in range(k) if rewards[i] != top]
+        n = min(len(good), len(bad))
+        return sorted(good[:n] + bad[:n])
+    if rule == "max_variance":
+        m = min(size or k, k)
+        order = sorted(range(k), key=lambda i: (rewards[i], i))
+        low, high = order[: m // 2], order[k - (m - m // 2):]
+        return sorted(low + high)
+    raise ValueError(f"unknown keep rule {rule!r}")

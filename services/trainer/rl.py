@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import torch
 from prometheus_client import Counter, Gauge
 
@@ -24,8 +25,18 @@ from services.common.config import T1Config
 from services.common.ledger import Ledger
 from services.common.logs import event
 from services.common.schemas import ScoredGroup, WeightAnnouncement
+from services.trainer.anchor import Anchor
+from services.trainer.checkpoint import Checkpointer
 from services.trainer.feeder import Feeder
-from services.trainer.objective import LossInputs, rloo_advantages, t1_policy_loss
+from services.trainer.objective import (
+    LossInputs,
+    kl_k1,
+    kl_shaped_rewards,
+    rloo_advantages,
+    select_samples,
+    t1_policy_loss,
+    token_logprobs_and_entropy,
+)
 from services.trainer.task import AdditionTask
 
 log = logging.getLogger(__name__)
@@ -40,10 +51,18 @@ REWARD = Gauge("t1_trainer_reward_mean", "mean reward of the last step's groups"
 @dataclass
 class Batch:
     entry_ids: list[str] = field(default_factory=list)
-    groups: list[ScoredGroup] = field(default_factory=list)
+    groups: list[ScoredGroup] = field(default_factory=list)  # only the kept samples
+    offered: int = 0  # samples generated for these groups, before the keep rule
 
     def prompt_ids(self) -> set[str]:
         return {g.rollout.prompt.prompt_id for g in self.groups}
+
+
+def subset(g: ScoredGroup, keep: list[int]) -> ScoredGroup:
+    if len(keep) == len(g.verdicts):
+        return g
+    rollout = msgspec.structs.replace(g.rollout, samples=[g.rollout.samples[i] for i in keep])
+    return ScoredGroup(rollout=rollout, verdicts=[g.verdicts[i] for i in keep])
 
 
 def build_tensors(groups: list[ScoredGroup], pad_id: int) -> dict[str, torch.Tensor]:
@@ -75,7 +94,8 @@ def build_tensors(groups: list[ScoredGroup], pad_id: int) -> dict[str, torch.Ten
         positions[i] = torch.clamp(torch.arange(t_max) + prompt_lens[i] - 1, max=length - 1)
     return {"input_ids": input_ids, "attention_mask": attention, "response_ids": response_ids,
             "response_mask": response_mask, "behaviour_logp": behaviour_logp,
-            "positions": positions, "rewards": torch.tensor(rewards, dtype=torch.float32)}
+            "positions": positions,
+            "rewards": [torch.tensor(r, dtype=torch.float32) for r in rewards]}  # per group: [K_g]
 
 
 class RLTrainer:
@@ -91,15 +111,27 @@ class RLTrainer:
         self.consumer = streams.Consumer(s, streams.SCORED, GROUP, name, ScoredGroup,
                                          cfg.redis.visibility_timeout_s, cfg.redis.block_ms)
         latest = weights.latest(s)
-        # Resume: the newest announced version is the policy; the base model otherwise.
+        committed = latest.version if latest else 0
+        self.checkpoints = Checkpointer(Path(cfg.run_dir) / "checkpoints")
+        resume_from = self.checkpoints.best_for(committed)
+        # Resume: the newest committed version's weights (the base model for a new run); its
+        # checkpoint, when there is one, brings back optimizer, anchor and RNG too.
         start = latest.uri if latest else cfg.model.path
-        self.version = latest.version if latest else 0
+        self.version = committed
         self.tokenizer_src = Path(cfg.model.path)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         torch.set_num_threads(self.tc.torch_threads)
         model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
+        self.anchor = Anchor(AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32),
+                             self.tc.anchor_interval, self.tc.anchor_mode, self.tc.anchor_ema_decay,
+                             version=committed)
         self.engine = build_engine(model, self.tc, self.tc.lr)
+        if resume_from is not None and resume_from == committed and committed > 0:
+            self.checkpoints.load(self.engine, self.anchor, resume_from)
+        elif committed > 0:
+            log.warning("no checkpoint for committed v%d (newest usable: %s): weights from the "
+                        "announcement, fresh optimizer state, anchor = policy", committed, resume_from)
         task = AdditionTask(cfg.task.digits, cfg.task.operands, cfg.task.seed)
         self.feeder = Feeder(s, self.ledger, task,
                              (self.tc.max_staleness + 1) * self.tc.groups_per_step)
@@ -139,41 +171,83 @@ class RLTrainer:
         elif self.tc.drop_zero_variance and max(rewards) == min(rewards):
             self._drop(entry.id, pid, "zero_variance")
         else:
+            keep = select_samples(rewards, self.tc.keep_rule, self.tc.keep_size)
+            if len(keep) < 2:
+                self._drop(entry.id, pid, "too_few_kept")
+                return
             self.batch.entry_ids.append(entry.id)
-            self.batch.groups.append(g)
+            self.batch.groups.append(subset(g, keep))
+            self.batch.offered += len(rewards)
 
     # -- one optimizer step -----------------------------------------------------------------
     def train_step(self) -> dict:
         t0 = time.monotonic()
+        tc = self.tc
         groups = self.batch.groups
         batch = build_tensors(groups, self.pad_id)
-        advantages = rloo_advantages(batch["rewards"]).reshape(-1)
+        mask = batch["response_mask"]
+        temperature = groups[0].rollout.temperature
         self.engine.train()
         out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        vocab = out.logits.shape[-1]
-        idx = batch["positions"].unsqueeze(-1).expand(-1, -1, vocab)
+        idx = batch["positions"].unsqueeze(-1).expand(-1, -1, out.logits.shape[-1])
         logits = out.logits.gather(1, idx)
-        temperature = groups[0].rollout.temperature
+
+        anchor_logp = None
+        if tc.kl_mode != "none":
+            anchor_logits = self.anchor.forward_logits(batch["input_ids"], batch["attention_mask"])
+            anchor_logp, _ = token_logprobs_and_entropy(anchor_logits.gather(1, idx),
+                                                        batch["response_ids"], temperature)
+        rewards = batch["rewards"]
+        seq_kl = torch.zeros(mask.shape[0])
+        if anchor_logp is not None:
+            with torch.no_grad():
+                logp_now, _ = token_logprobs_and_entropy(logits.detach(), batch["response_ids"], temperature)
+                seq_kl = (kl_k1(logp_now, anchor_logp) * mask).sum(-1)
+        # RLOO per group (groups may keep different numbers of samples); with kl_mode=reward the
+        # KL is folded into each sample's reward first and centred with it (T1).
+        advantages, offset = [], 0
+        for r in rewards:
+            k = len(r)
+            shaped = kl_shaped_rewards(r, seq_kl[offset:offset + k], tc.kl_coef) if tc.kl_mode == "reward" else r
+            advantages.append(rloo_advantages(shaped.unsqueeze(0)).squeeze(0))
+            offset += k
+        advantages = torch.cat(advantages)
+
         loss, stats = t1_policy_loss(
-            LossInputs(logits, batch["response_ids"], batch["response_mask"],
-                       batch["behaviour_logp"], advantages),
-            temperature, self.tc.clip_eps_low, self.tc.clip_eps_high, self.tc.entropy_coef)
+            LossInputs(logits, batch["response_ids"], mask, batch["behaviour_logp"], advantages,
+                       anchor_logp),
+            temperature, tc.clip_eps_low, tc.clip_eps_high, tc.entropy_coef,
+            kl_loss_coef=tc.kl_coef if tc.kl_mode == "loss" else 0.0)
         self.engine.backward(loss)
         self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
         compute_s = time.monotonic() - t0
 
         new_version = self.version + 1
+        rotated = self.anchor.maybe_rotate(self.engine.module, new_version)
         path, digest = weights.write_version(self.cfg.weights_dir, new_version,
                                              self._save_model, self.tokenizer_src)
+        if tc.checkpoint_interval and new_version % tc.checkpoint_interval == 0:
+            self.checkpoints.save(self.engine, self.anchor, new_version)
         ann = WeightAnnouncement(version=new_version, uri=str(path.resolve()), sha256=digest,
                                  step=new_version)
-        rewards = batch["rewards"]
         verdicts = [v for g in groups for v in g.verdicts]
+        all_rewards = torch.cat(rewards)
+        n_tokens = int(mask.sum().item())
         record = {
             "step": new_version, "loss": loss.item(), **stats,
-            "reward_mean": rewards.mean().item(),
+            "reward_mean": all_rewards.mean().item(),
+            **{f"reward_{c}": sum(v.components.get(c, 0.0) for v in verdicts) / len(verdicts)
+               for c in ("correct", "truncated", "repetitive", "garbled")},
             "accuracy": sum(v.correct for v in verdicts) / len(verdicts),
-            "response_len": batch["response_mask"].sum(1).mean().item(),
+            "adv_mean": advantages.mean().item(), "adv_std": advantages.std().item(),
+            "adv_abs_max": advantages.abs().max().item(),
+            "seq_kl_mean": seq_kl.mean().item(),
+            "anchor_version": self.anchor.version, "anchor_rotated": rotated,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "kept_fraction": len(verdicts) / max(self.batch.offered, 1),
+            "response_len": mask.sum(1).mean().item(), "tokens": n_tokens,
+            "tokens_per_s": n_tokens / max(compute_s, 1e-9),
             "staleness_mean": sum(self.version - g.rollout.policy_version for g in groups) / len(groups),
             "min_group_version": min(g.rollout.policy_version for g in groups),
             "compute_s": compute_s, "publish_s": time.monotonic() - t0 - compute_s,
@@ -185,7 +259,7 @@ class RLTrainer:
             self.ledger.mark_trained(pipe, g.rollout.prompt.prompt_id, new_version, g.rollout.policy_version)
         self.consumer.ack(self.batch.entry_ids, pipe)
         pipe.rpush(self.steps_key, json.dumps(record))
-        pipe.execute()
+        pipe.execute()  # the commit point of the step
         self.version = new_version
         self.batch = Batch()
         STEPS.inc()

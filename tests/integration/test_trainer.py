@@ -142,3 +142,88 @@ def test_restarted_trainer_resumes_from_the_announced_version(s, trainer_setup, 
     assert resumed.version == 1
     assert resumed.feeder.cursor == cursor
     assert resumed.feeder.top_up(1) == 2  # two slots were freed by the trained groups
+
+
+# -- T1 objective on the engine: entropy bonus, dynamic anchor, keep rule, resume --------------
+def run_steps(trainer, s, tok, model, scorer, n, n_correct=2):
+    records = []
+    while len(records) < n:
+        trainer.feeder.top_up(trainer.version)
+        for p in take_prompts(s, 2):
+            s.publish(streams.SCORED, scored_group(p, tok, model, scorer, version=trainer.version,
+                                                   n_correct=n_correct))
+        for _ in range(20):
+            rec = trainer.run_once()
+            if rec:
+                records.append(rec)
+                break
+    return records
+
+
+def make_trainer(make_config, redis_server, s, run_dir, *overrides):
+    cfg = make_config("trainer.groups_per_step=2", "trainer.total_steps=10", "trainer.lr=1e-3",
+                      f"redis.prefix={s.prefix}", f"run_dir={run_dir}", *overrides,
+                      redis_url=redis_server.url)
+    return cfg, RLTrainer(cfg, s, "trainer-test")
+
+
+def other_streams(redis_server):
+    import uuid
+    return streams.Streams(streams.connect(redis_server.url), prefix=f"test-{uuid.uuid4().hex[:8]}")
+
+
+def test_entropy_bonus_alone_raises_entropy(s, make_config, redis_server, tiny_model_dir, scorer, tmp_path):
+    _, trainer = make_trainer(make_config, redis_server, s, tmp_path / "ent", "trainer.entropy_coef=1.0",
+                              "trainer.kl_mode=none", "trainer.drop_zero_variance=false", "trainer.lr=3e-3")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    # all samples correct: zero advantages, so only the entropy term moves the policy
+    records = run_steps(trainer, s, tok, model, scorer, 4, n_correct=K)
+    assert all(r["adv_abs_max"] == 0 for r in records)
+    assert records[-1]["entropy"] > records[0]["entropy"] + 1e-3
+
+
+def test_anchor_rotation_resets_the_kl_reference_at_the_interval(s, make_config, redis_server,
+                                                                 tiny_model_dir, scorer, tmp_path):
+    _, trainer = make_trainer(make_config, redis_server, s, tmp_path / "anchor",
+                              "trainer.anchor_interval=2", "trainer.kl_mode=reward", "trainer.kl_coef=0.01")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    r = run_steps(trainer, s, tok, model, scorer, 3)
+    assert [x["anchor_rotated"] for x in r] == [False, True, False]
+    assert [x["anchor_version"] for x in r] == [0, 2, 2]
+    assert abs(r[0]["seq_kl_mean"]) < 1e-5  # step 1: policy v0 == anchor v0
+    assert abs(r[1]["seq_kl_mean"]) > 1e-4  # step 2: policy v1 drifted from anchor v0
+    assert abs(r[2]["seq_kl_mean"]) < 1e-5  # step 3: anchor rotated to v2 == policy v2
+
+
+def test_balanced_keep_rule_trains_on_a_subset(s, make_config, redis_server, tiny_model_dir, scorer, tmp_path):
+    _, trainer = make_trainer(make_config, redis_server, s, tmp_path / "keep", "trainer.keep_rule=balanced")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    (rec,) = run_steps(trainer, s, tok, model, scorer, 1, n_correct=1)  # 1 right, 3 wrong per group
+    assert rec["kept_fraction"] == pytest.approx(0.5)  # 1 right + 1 wrong of 4
+    assert rec["accuracy"] == pytest.approx(0.5)
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(s, make_config, redis_server,
+                                                                  tiny_model_dir, scorer, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    _, straight = make_trainer(make_config, redis_server, s, tmp_path / "straight")
+    reference = run_steps(straight, s, tok, model, scorer, 3)
+
+    s2 = other_streams(redis_server)
+    torch.manual_seed(0)
+    cfg, first = make_trainer(make_config, redis_server, s2, tmp_path / "resumed")
+    before = run_steps(first, s2, tok, model, scorer, 2)
+    del first  # the process dies after step 2 committed
+    resumed = RLTrainer(cfg, s2, "trainer-test")
+    assert resumed.version == 2 and resumed.anchor.version == 0
+    after = run_steps(resumed, s2, tok, model, scorer, 1)
+    losses = [r["loss"] for r in before + after]
+    assert losses == pytest.approx([r["loss"] for r in reference], abs=1e-6)
+    # no group trained twice, none lost
+    counts = Ledger(s2).counts()
+    assert counts["trained"] == 6 and Ledger(s2).audit().get("trained") == 6

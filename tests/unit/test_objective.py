@@ -80,3 +80,54 @@ def test_entropy_bonus_pushes_entropy_up():
     loss.backward()
     _, ent1 = token_logprobs_and_entropy(logits.detach() - 0.1 * logits.grad, ids)
     assert ent1.item() > ent0.item()
+
+
+# -- KL to the anchor ---------------------------------------------------------------------------
+from services.trainer.objective import kl_k1, kl_k3, kl_shaped_rewards, select_samples  # noqa: E402
+
+
+def test_kl_estimators_hand_computed():
+    logp = torch.tensor([math.log(0.5), math.log(0.25)])
+    anchor = torch.tensor([math.log(0.25), math.log(0.25)])
+    assert torch.allclose(kl_k1(logp, anchor), torch.tensor([math.log(2.0), 0.0]))
+    # k3 = exp(a-p) - (a-p) - 1 = 0.5 + log 2 - 1 for the first token, 0 for the second
+    assert torch.allclose(kl_k3(logp, anchor), torch.tensor([0.5 + math.log(2.0) - 1.0, 0.0]), atol=1e-6)
+    assert torch.all(kl_k3(torch.randn(100), torch.randn(100)) >= 0)
+
+
+def test_kl_loss_term_pulls_the_policy_towards_the_anchor():
+    anchor_logits = torch.tensor([[[0.0, 0.0, 0.0]]])
+    logits = torch.tensor([[[2.0, 0.0, -1.0]]], requires_grad=True)
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    anchor_logp, _ = token_logprobs_and_entropy(anchor_logits, ids)
+    with torch.no_grad():
+        behaviour, _ = token_logprobs_and_entropy(logits, ids)
+    inp = LossInputs(logits, ids, torch.ones(1, 1), behaviour, torch.zeros(1), anchor_logp)
+    loss, stats = t1_policy_loss(inp, 1.0, 0.2, 0.2, entropy_coef=0.0, kl_loss_coef=1.0)
+    assert stats["kl_anchor"] > 0
+    loss.backward()
+    moved = logits.detach() - 0.5 * logits.grad
+    new_logp, _ = token_logprobs_and_entropy(moved, ids)
+    # the sampled token was over-weighted relative to the anchor: the step lowers it
+    assert new_logp.item() < behaviour.item() and new_logp.item() > anchor_logp.item()
+
+
+def test_kl_in_the_reward_penalises_drifted_samples_within_the_group():
+    rewards = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    seq_kl = torch.tensor([[0.0, 50.0, 0.0, 50.0]])
+    shaped = kl_shaped_rewards(rewards, seq_kl, beta=0.01)
+    assert torch.allclose(shaped, torch.tensor([[1.0, 0.5, 0.0, -0.5]]))
+    adv = rloo_advantages(shaped)
+    assert adv[0, 0] > adv[0, 1] and adv[0, 2] > adv[0, 3]  # same correctness, less drift wins
+
+
+# -- oversampling keep rules --------------------------------------------------------------------
+def test_keep_rules():
+    r = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert select_samples(r, "all") == list(range(6))
+    assert select_samples(r, "balanced") == [0, 1, 2, 3]
+    kept = select_samples([0.0, 0.5, 1.0, 0.2, 0.9, 0.1], "max_variance", 4)
+    assert kept == [0, 2, 4, 5]  # two lowest (0.0, 0.1) and two highest (0.9, 1.0)
+    assert select_samples([1.0, 1.0], "balanced") == []
+    with pytest.raises(ValueError):
+        select_samples(r, "nope")
