@@ -140,10 +140,15 @@ class Consumer:
         if ids:
             pipe.xack(self.s.key(self.stream), self.group, *ids)
 
-    def dead_letter(self, entry_id: str, reason: str, payload: bytes = b"") -> None:
+    def dead_letter(self, entry_id: str, reason: str, payload: bytes = b"",
+                    pipe: redis.client.Pipeline | None = None) -> None:
+        """Move an entry to the dead-letter stream with the reason; with ``pipe``, as part of
+        the caller's transaction (which must then execute it)."""
         log.error("dead-letter %s %s: %s", self.stream, entry_id, reason)
-        pipe = self.s.transaction()
+        own = pipe is None
+        pipe = self.s.transaction() if own else pipe
         pipe.xadd(self.s.key(DEAD), {"stream": self.stream, "entry_id": entry_id,
                                      "consumer": self.name, "reason": reason, "data": payload})
         self.ack([entry_id], pipe)
-        pipe.execute()
+        if own:
+            pipe.execute()

@@ -54,6 +54,7 @@ class RolloutEngine:
         t0 = time.monotonic()
         self.llm = LLM(model=model_path, **engine_kwargs(cfg))
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         log.info("vLLM engine up in %.1fs for %s", time.monotonic() - t0, model_path)
 
     def sampling_params(self, n: int | None = None, temperature: float | None = None,
@@ -67,6 +68,15 @@ class RolloutEngine:
             max_tokens=max_tokens or self.cfg.max_tokens,
             logprobs=0,  # only the sampled token's log-prob
         )
+
+    def prompt_error(self, prompt: str) -> str | None:
+        """Why this prompt cannot be generated from (None if it can)."""
+        n = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        budget = self.max_model_len - self.cfg.max_tokens
+        if n > budget:
+            return (f"prompt of {n} tokens leaves no room for {self.cfg.max_tokens} new tokens "
+                    f"in the {self.max_model_len}-token context")
+        return None
 
     def generate(self, prompts: list[str], params=None) -> list[GeneratedGroup]:
         params = params or self.sampling_params()

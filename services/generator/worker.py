@@ -15,6 +15,7 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import streams, weights
+from services.common.ledger import Ledger
 from services.common.logs import event
 from services.common.schemas import Prompt, RolloutGroup
 from services.generator.engine import RolloutEngine
@@ -67,6 +68,7 @@ class GeneratorWorker:
     def run_once(self) -> int:
         entries = self.consumer.read(self.max_prompts)
         self.maybe_update_weights()
+        entries = [e for e in entries if not self._reject(e)]
         if not entries:
             return 0
         t0 = time.monotonic()
@@ -89,6 +91,17 @@ class GeneratorWorker:
         event(log, "published rollouts", groups=len(entries), tokens=ntok, version=self.version,
               seconds=round(dt, 3), tokens_per_s=round(ntok / max(dt, 1e-9)))
         return len(entries)
+
+    def _reject(self, entry: streams.Entry) -> bool:
+        """Dead-letter a prompt the engine cannot take, and close its books, in one transaction."""
+        reason = self.engine.prompt_error(entry.msg.text)
+        if reason is None:
+            return False
+        pipe = self.s.transaction()
+        self.consumer.dead_letter(entry.id, f"{entry.msg.prompt_id}: {reason}", pipe=pipe)
+        Ledger(self.s).mark_dropped(pipe, entry.msg.prompt_id, "prompt_too_long")
+        pipe.execute()
+        return True
 
     def run(self) -> None:
         while not self.stop_event.is_set():

@@ -102,3 +102,21 @@ def test_worker_syncs_weights_and_publishes_versioned_groups(engine, model_dir, 
     worker.maybe_update_weights()
     assert worker.version == 3
     shutil.rmtree(tmp_path / "w")
+
+
+def test_a_prompt_too_long_for_the_context_is_dead_lettered_not_fatal(engine, s):
+    from services.common.ledger import Ledger
+
+    worker = GeneratorWorker(s, engine, "gen-long", max_prompts=8, visibility_timeout_s=30)
+    long_text = "Q:" + "1+" * 400 + "1\nA:"
+    pipe = s.transaction()
+    for pid, text in (("ok1", "Q:1+1\nA:"), ("long", long_text), ("ok2", "Q:2+2\nA:")):
+        s.publish(streams.PROMPTS, Prompt(prompt_id=pid, index=0, text=text, gold="2"), pipe)
+        Ledger(s).mark_enqueued(pipe, pid)
+    pipe.execute()
+    assert worker.run_once() == 2  # the other prompts of the batch are still generated
+    dead = s.dead_letters()
+    assert len(dead) == 1 and dead[0]["reason"].startswith("long: prompt of")
+    assert Ledger(s).status("long") == "dropped:prompt_too_long"
+    assert s.pending_count(streams.PROMPTS, "generator") == 0
+    assert s.length(streams.ROLLOUTS) == 2
