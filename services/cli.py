@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import sys
 import time
@@ -139,10 +140,45 @@ def demo(quick: Annotated[bool, typer.Option(help="smallest preset, for a smoke 
 
     setup_logging("demo", "WARNING")
     _quiet_libraries()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the in-process eval engine
     cfg = _load(config or ("quick" if quick else "tiny"), set)
     t0 = time.monotonic()
     report = run_demo(cfg, console)
     console.print(f"[green]demo finished in {time.monotonic() - t0:.0f}s[/green]; report: {report}")
+
+
+@app.command("eval")
+def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model dir; repeat to compare "
+                                                                  "checkpoints of one run")],
+          config: ConfigOpt = "tiny", set: SetOpt = None,
+          n: Annotated[int, typer.Option(help="held-out problems")] = 200,
+          k: Annotated[int, typer.Option(help="samples per problem for pass@k / maj@k")] = 8,
+          out: Annotated[str, typer.Option(help="where scaling.png and eval.json go")] = "runs/eval") -> None:
+    """Held-out greedy / pass@1 / pass@k / maj@k and the inference-scaling curve per checkpoint."""
+    from services.evaluation import evaluate_checkpoints, plot_scaling
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    _quiet_libraries()
+    cfg = _load(config, set)
+    missing = [m for m in models if not (Path(m) / "config.json").exists()]
+    if missing:
+        console.print(f"[red]not a model directory (no config.json):[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    results = evaluate_checkpoints(cfg, {m: m for m in models}, n=n, k=k)
+    table = Table(title=f"held-out accuracy ({n} problems, k={k})")
+    for col in ("model", "greedy", "pass@1", f"pass@{k}", f"maj@{k}"):
+        table.add_column(col)
+    for label, r in results.items():
+        a = r["accuracy"]
+        table.add_row(label, f"{a.greedy:.3f}", f"{a.pass1:.3f}", f"{a.pass_k:.3f}", f"{a.maj_k:.3f}")
+    Console().print(table)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_scaling({label: r["scaling"] for label, r in results.items()}, out_dir / "scaling.png")
+    (out_dir / "eval.json").write_text(json.dumps(
+        {label: {"accuracy": vars(r["accuracy"]), "scaling": r["scaling"]} for label, r in results.items()},
+        indent=2))
+    console.print(f"scaling curve: {out_dir / 'scaling.png'}; numbers: {out_dir / 'eval.json'}")
 
 
 @app.command()

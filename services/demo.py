@@ -14,8 +14,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from services.common import weights
 from services.common.config import T1Config
 from services.common.ledger import Ledger
+from services.evaluation import evaluate_checkpoints, plot_scaling
 from services.stack import Stack
 
 
@@ -96,19 +98,33 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
                   stack.streams().r.hgetall(stack.streams().key("generators")).items()}
     rl_seconds = time.monotonic() - t0
 
-    console.print("[bold]3/3 report[/bold]")
-    return write_report(run_dir, cfg, steps, counts, served, sft_losses, sft_seconds, rl_seconds)
+    console.print("[bold]3/4 evaluation[/bold] held-out accuracy and inference scaling "
+                  "(SFT model vs final RL policy)")
+    t0 = time.monotonic()
+    final = weights.version_dir(cfg.weights_dir, cfg.trainer.total_steps)
+    evals = evaluate_checkpoints(
+        cfg, {"SFT": str(sft_dir), f"RL v{cfg.trainer.total_steps}": str(final)}, n=cfg.eval_problems,
+        k=cfg.generator.samples_per_prompt,
+        progress=lambda label, r: console.print(
+            f"  {label}: greedy {r['accuracy'].greedy:.3f}, pass@1 {r['accuracy'].pass1:.3f}, "
+            f"maj@{r['accuracy'].k} {r['accuracy'].maj_k:.3f}"))
+    plot_scaling({label: r["scaling"] for label, r in evals.items()}, run_dir / "scaling.png")
+    eval_seconds = time.monotonic() - t0
+
+    console.print("[bold]4/4 report[/bold]")
+    return write_report(run_dir, cfg, steps, counts, served, sft_losses, sft_seconds, rl_seconds,
+                        evals, eval_seconds)
 
 
 def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[str, int],
                  served: dict[str, int], sft_losses: list[float], sft_seconds: float,
-                 rl_seconds: float) -> Path:
+                 rl_seconds: float, evals: dict[str, dict], eval_seconds: float) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     axes[0].plot(range(1, len(sft_losses) + 1), sft_losses)
     axes[0].set(title="SFT loss", xlabel="step")
     x = [r["step"] for r in steps]
@@ -120,6 +136,10 @@ def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[s
     axes[1].legend()
     axes[2].plot(x, [r["entropy"] for r in steps], marker="o")
     axes[2].set(title="RL: policy entropy", xlabel="step")
+    axes[3].plot(x, [r.get("kl_anchor", 0.0) for r in steps], marker="o", label="KL to anchor (k3)")
+    axes[3].plot(x, [r["response_len"] / 100 for r in steps], marker=".", label="response length / 100")
+    axes[3].set(title="RL: KL to the dynamic anchor, length", xlabel="step")
+    axes[3].legend()
     fig.tight_layout()
     plot = run_dir / "training.png"
     fig.savefig(plot, dpi=110)
@@ -144,7 +164,22 @@ def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[s
         lines.append(f"| {r['step']} | {r['reward_mean']:+.3f} | {r['accuracy']:.3f} | "
                      f"{r['entropy']:.3f} | {r['pg_loss']:+.4f} | {r['staleness_mean']:.2f} | "
                      f"{r['compute_s']:.2f} |")
-    lines += ["", f"![training]({plot.name})", ""]
+    lines += ["", f"![training]({plot.name})", "",
+              f"## Held-out evaluation ({eval_seconds:.0f}s)", "",
+              f"{cfg.eval_problems} problems from a separate seed ({cfg.task.eval_seed}), never trained on; "
+              f"k={cfg.generator.samples_per_prompt} samples at temperature {cfg.generator.temperature}.", "",
+              "| model | greedy | pass@1 (sampled) | pass@k | maj@k |", "|---|---:|---:|---:|---:|"]
+    for label, r in evals.items():
+        a = r["accuracy"]
+        lines.append(f"| {label} | {a.greedy:.3f} | {a.pass1:.3f} | {a.pass_k:.3f} | {a.maj_k:.3f} |")
+    budgets = sorted(next(iter(evals.values()))["scaling"])
+    lines += ["", "Inference scaling: greedy accuracy when the reasoning is cut at a token budget and "
+              "the answer is forced.", "",
+              "| model | " + " | ".join(str(b) for b in budgets) + " |",
+              "|---|" + "---:|" * len(budgets)]
+    for label, r in evals.items():
+        lines.append(f"| {label} | " + " | ".join(f"{r['scaling'][b]:.3f}" for b in budgets) + " |")
+    lines += ["", "![scaling](scaling.png)", ""]
     report = run_dir / "report.md"
     report.write_text("\n".join(lines))
     return report

@@ -131,6 +131,7 @@ class T1Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_dir: str = "runs/default"
+    eval_problems: int = 200  # held-out prompts for `t1 eval` / the demo report
     redis: RedisConfig = Field(default_factory=RedisConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)

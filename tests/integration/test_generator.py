@@ -120,3 +120,24 @@ def test_a_prompt_too_long_for_the_context_is_dead_lettered_not_fatal(engine, s)
     assert Ledger(s).status("long") == "dropped:prompt_too_long"
     assert s.pending_count(streams.PROMPTS, "generator") == 0
     assert s.length(streams.ROLLOUTS) == 2
+
+
+def test_evaluator_measures_accuracy_and_forces_answers_at_small_budgets(engine):
+    from services.common.config import VerifierConfig, load_config
+    from services.evaluation import FORCE_ANSWER, Evaluator, heldout_problems
+    from services.verifier.scoring import Scorer
+
+    problems = heldout_problems(load_config("quick", environ={}), 6)
+    scorer = Scorer(VerifierConfig(workers=1))
+    try:
+        ev = Evaluator(engine, scorer)
+        acc = ev.accuracy(problems, k=3, temperature=1.0, max_tokens=16)
+        assert acc.n_problems == 6 and acc.k == 3
+        assert 0.0 <= acc.pass1 <= acc.pass_k <= 1.0 and 0.0 <= acc.greedy <= 1.0
+        forced = engine.generate([problems[0].prompt + "1+1=2" + FORCE_ANSWER],
+                                 engine.sampling_params(n=1, temperature=0.0, max_tokens=4, top_p=1.0))
+        assert len(forced[0].samples[0].token_ids) <= 4
+        curve = ev.scaling(problems, [2, 8])
+        assert sorted(curve) == [2, 8] and all(0.0 <= v <= 1.0 for v in curve.values())
+    finally:
+        scorer.close()

@@ -131,3 +131,10 @@ def test_keep_rules():
     assert select_samples([1.0, 1.0], "balanced") == []
     with pytest.raises(ValueError):
         select_samples(r, "nope")
+
+
+def test_pass_at_k_estimator():
+    from services.evaluation import pass_at_k
+    assert pass_at_k(8, 0, 1) == 0.0 and pass_at_k(8, 8, 8) == 1.0
+    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)

@@ -1,0 +1,153 @@
+"""Offline evaluation and T1's inference-scaling measurement.
+
+Uses the generator's vLLM engine and the verifier's scorer in one process (like the demo, this
+module orchestrates; the services themselves never import each other). One engine evaluates
+several checkpoints by reloading weights in place.
+
+- ``accuracy``: greedy accuracy, sampled pass@1, pass@k (unbiased estimator) and maj@k on held-out
+  prompts.
+- ``scaling``: the reasoning is cut at a token budget; a response that has not finished by then
+  is forced to answer (`` \\boxed{`` is appended and the model completes it greedily), and the
+  answer is verified. Accuracy as a function of the budget is T1's inference-scaling curve.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from services.common.config import T1Config
+from services.common.verify_api import VerifyOptions
+from services.trainer.task import AdditionTask, Problem
+
+FORCE_ANSWER = " \\boxed{"
+
+
+def heldout_problems(cfg: T1Config, n: int) -> list[Problem]:
+    """Held-out prompts: same task, a separate seed, never seen by SFT or RL."""
+    task = AdditionTask(cfg.task.digits, cfg.task.operands, cfg.task.eval_seed)
+    return [task.problem(i) for i in range(n)]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@dataclass
+class Accuracy:
+    greedy: float
+    pass1: float
+    pass_k: float
+    maj_k: float
+    k: int
+    n_problems: int
+
+
+class Evaluator:
+    def __init__(self, engine, scorer) -> None:
+        self.engine = engine  # services.generator.engine.RolloutEngine
+        self.scorer = scorer  # services.verifier.scoring.Scorer
+
+    def _verdicts(self, texts_and_finish: list[tuple[str, str]], gold: str):
+        items = [(text, gold, "math", VerifyOptions(finish_reason="stop" if f == "stop" else "length"))
+                 for text, f in texts_and_finish]
+        return self.scorer.score_batch(items)
+
+    def accuracy(self, problems: list[Problem], k: int, temperature: float,
+                 max_tokens: int) -> Accuracy:
+        prompts = [p.prompt for p in problems]
+        greedy = self.engine.generate(prompts, self.engine.sampling_params(
+            n=1, temperature=0.0, max_tokens=max_tokens, top_p=1.0))
+        sampled = self.engine.generate(prompts, self.engine.sampling_params(
+            n=k, temperature=temperature, max_tokens=max_tokens, top_p=1.0))
+        g_correct = pass1 = passk = maj = 0.0
+        for p, g, s in zip(problems, greedy, sampled):
+            gold = str(p.answer)
+            g_correct += self._verdicts([(g.samples[0].text, g.samples[0].finish_reason)], gold)[0].correct
+            verdicts = self._verdicts([(x.text, x.finish_reason) for x in s.samples], gold)
+            c = sum(v.correct for v in verdicts)
+            pass1 += c / k
+            passk += pass_at_k(k, c, k)
+            votes = Counter(v.extracted for v in verdicts if v.extracted is not None)
+            if votes:
+                top = votes.most_common(1)[0][0]
+                maj += any(v.correct for v in verdicts if v.extracted == top)
+        n = len(problems)
+        return Accuracy(g_correct / n, pass1 / n, passk / n, maj / n, k, n)
+
+    def scaling(self, problems: list[Problem], budgets: list[int]) -> dict[int, float]:
+        """Greedy accuracy when the reasoning may use at most ``budget`` tokens."""
+        prompts = [p.prompt for p in problems]
+        out = {}
+        for budget in budgets:
+            first = self.engine.generate(prompts, self.engine.sampling_params(
+                n=1, temperature=0.0, max_tokens=budget, top_p=1.0))
+            texts = [g.samples[0].text for g in first]
+            unfinished = [i for i, g in enumerate(first) if g.samples[0].finish_reason != "stop"]
+            if unfinished:
+                forced = self.engine.generate(
+                    [prompts[i] + texts[i] + FORCE_ANSWER for i in unfinished],
+                    self.engine.sampling_params(n=1, temperature=0.0, max_tokens=12, top_p=1.0))
+                for i, g in zip(unfinished, forced):
+                    texts[i] = texts[i] + FORCE_ANSWER + g.samples[0].text.split("}")[0] + "}"
+            correct = sum(self._verdicts([(t, "stop")], str(p.answer))[0].correct
+                          for t, p in zip(texts, problems))
+            out[budget] = correct / len(problems)
+        return out
+
+
+def plot_scaling(curves: dict[str, dict[int, float]], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, curve in curves.items():
+        budgets = sorted(curve)
+        ax.plot(budgets, [curve[b] for b in budgets], marker="o", label=label)
+    ax.set(xlabel="reasoning budget (tokens before the answer is forced)",
+           ylabel="held-out accuracy (greedy)", title="Inference scaling", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int = 200, k: int = 8,
+                         budgets: list[int] | None = None, progress=None) -> dict[str, dict]:
+    """Accuracy and scaling curve for each checkpoint, on one engine reloaded in place.
+
+    All checkpoints must share an architecture (as the versions of one run do).
+    """
+    from services.generator.engine import RolloutEngine
+    from services.verifier.scoring import Scorer
+
+    problems = heldout_problems(cfg, n)
+    budgets = budgets or default_budgets(cfg.generator.max_tokens)
+    labels = list(models)
+    engine = RolloutEngine(models[labels[0]], cfg.generator)
+    scorer = Scorer(cfg.verifier)
+    results = {}
+    try:
+        evaluator = Evaluator(engine, scorer)
+        for i, label in enumerate(labels):
+            if i:
+                engine.load_weights(models[label])
+            acc = evaluator.accuracy(problems, k, cfg.generator.temperature, cfg.generator.max_tokens)
+            results[label] = {"accuracy": acc, "scaling": evaluator.scaling(problems, budgets)}
+            if progress:
+                progress(label, results[label])
+    finally:
+        scorer.close()
+        engine.llm.llm_engine.engine_core.shutdown()
+    return results
+
+
+def default_budgets(max_tokens: int) -> list[int]:
+    return sorted({b for b in (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256) if b < max_tokens} | {max_tokens})
