@@ -100,8 +100,7 @@ async def http_load(url: str, data) -> tuple[float, list[float], int]:
 
 
 def main() -> None:
-    import httpx
-
+    from services.common.http import wait_healthy
     from services.common.net import free_port
 
     data = items(N_ITEMS)
@@ -116,12 +115,8 @@ def main() -> None:
                              "--config", "tiny"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        if not wait_healthy(url, proc=proc):
+            raise SystemExit("verifier did not become healthy")
         asyncio.run(http_load(url, data[:64]))  # warm-up
         wall, lat, errors = asyncio.run(http_load(url, data))
     finally:

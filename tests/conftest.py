@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -57,3 +59,30 @@ def make_config(tmp_path, tiny_model_dir):
             base.append(f"redis.url={redis_url}")
         return load_config("quick", base + list(overrides), environ={})
     return make
+
+
+@pytest.fixture(scope="module")
+def start_verifier(tmp_path_factory):
+    """Start `t1 verifier` as its own process (REST only) -> (process, base url); stopped after."""
+    procs = []
+
+    def start(*sets: str):
+        from services.common.http import wait_healthy
+
+        port = free_port()
+        log = open(tmp_path_factory.mktemp("verifier") / "verifier.log", "wb")
+        args = [sys.executable, "-m", "services.cli", "verifier", "--port", str(port), "--config", "quick"]
+        for item in sets:
+            args += ["--set", item]
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        if not wait_healthy(url, proc=proc):
+            pytest.fail("verifier did not become healthy")
+        return proc, url
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(15)

@@ -12,6 +12,23 @@ from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 
 
+def wait_healthy(url: str, timeout_s: float = 60.0, proc=None) -> bool:
+    """Poll ``{url}/health`` until it answers 200; False on timeout or if ``proc`` exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def service_app(name: str, health: Callable[[], dict], title: str | None = None) -> FastAPI:
     """A FastAPI app with ``GET /health`` (503 until ready) and ``GET /metrics``."""
     app = FastAPI(title=title or f"t1 {name}")

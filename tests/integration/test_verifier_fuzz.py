@@ -3,37 +3,18 @@
 Every generated request -- valid or not -- must get a non-5xx answer that conforms to the schema.
 """
 
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 
-from services.common.net import free_port
-
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("fuzz") / "verifier.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "verifier", "--port", str(port),
-                             "--config", "quick", "--set", "verifier.timeout_s=2"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield schemathesis.openapi.from_url(f"{url}/openapi.json")
-    proc.terminate()
-    proc.wait(15)
+def api_schema(start_verifier):
+    _, url = start_verifier("verifier.timeout_s=2")
+    return schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))

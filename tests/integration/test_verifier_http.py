@@ -2,43 +2,21 @@
 called through the project's own typed client."""
 
 import asyncio
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from services.common.net import free_port
 from services.common.verifier_client import AsyncVerifierClient, VerifierClient, VerifierError
 
 TOKEN = "s3cret"
 TIMEOUT_S = 2.0
 
 
-def start_verifier(tmp_path_factory, *sets: str):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("verifier") / "verifier.log", "wb")
-    args = [sys.executable, "-m", "services.cli", "verifier", "--port", str(port), "--config", "quick"]
-    for s in sets:
-        args += ["--set", s]
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail("verifier did not become healthy")
-
-
 @pytest.fixture(scope="module")
-def verifier_url(tmp_path_factory):
-    proc, url = start_verifier(tmp_path_factory, f"verifier.auth_token={TOKEN}",
+def verifier_url(start_verifier):
+    proc, url = start_verifier(f"verifier.auth_token={TOKEN}",
                                f"verifier.timeout_s={TIMEOUT_S}", "verifier.max_batch=8",
                                "verifier.max_body_bytes=300000")
     yield url
@@ -156,8 +134,8 @@ def test_health_metrics_and_openapi(verifier_url):
     assert "/v1/verify" in spec["paths"]
 
 
-def test_overload_sheds_with_503_and_the_client_retries(tmp_path_factory):
-    proc, url = start_verifier(tmp_path_factory, "verifier.max_inflight_requests=1",
+def test_overload_sheds_with_503_and_the_client_retries(start_verifier):
+    proc, url = start_verifier("verifier.max_inflight_requests=1",
                                "verifier.timeout_s=1.5", "verifier.workers=1")
     try:
         slow = {"items": [{"response": "\\boxed{9^{9^{9}}}", "gold": "1"}]}  # holds the worker 1.5 s
