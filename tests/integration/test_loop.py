@@ -2,10 +2,12 @@
 
 One run of the stack checks the walking skeleton's acceptance: after N steps the generator
 serves version N; every trained group was generated within the staleness bound; the ledger
-balances; and a verifier killed with SIGKILL while holding unacknowledged rollouts loses none
-of them (the supervisor restarts it and it re-reads its pending entries).
+balances; a verifier killed with SIGKILL while holding unacknowledged rollouts loses none of
+them (the supervisor restarts it and it re-reads its pending entries); and a trainer killed with
+SIGKILL after two steps resumes from its checkpoint with no step committed twice.
 """
 
+import json
 import re
 import signal
 import time
@@ -53,6 +55,12 @@ def finished_run(tmp_path_factory, tiny_model_dir):
         live = {name: (httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json(),
                        httpx.get(f"http://127.0.0.1:{port}/metrics/", timeout=5).text)
                 for name, port in (("generator", cfg.generator.port), ("trainer", cfg.trainer.port))}
+        # Then kill the trainer (SIGKILL) once it has committed two steps: the supervisor restarts
+        # it and it resumes from its checkpoint of the last committed version.
+        while s.r.llen(s.key("trainer:steps")) < 2 and time.monotonic() < deadline:
+            stack.supervise()
+            time.sleep(0.05)
+        stack.kill("trainer", signal.SIGKILL)
         stack.wait_trainer(timeout_s=300, poll_s=0.5)
         yield stack, s, killed_with_pending, live
     finally:
@@ -90,8 +98,17 @@ def test_accounting_balances_and_nothing_is_lost(finished_run):
                                                                   "dropped:zero_variance"}
     assert s.dead_letters() == []
     assert stack.procs["verifier"].restarts >= 1
+    assert stack.procs["trainer"].restarts >= 1
     log = (stack.run_dir / "logs" / "verifier.log").read_text()
     assert "re-reading" in log or "reclaimed" in log
+
+
+def test_the_restarted_trainer_resumed_from_its_checkpoint(finished_run):
+    stack, s, *_ = finished_run
+    log = (stack.run_dir / "logs" / "trainer.log").read_text()
+    assert "resumed from checkpoint v" in log
+    steps = [json.loads(x)["step"] for x in s.r.lrange(s.key("trainer:steps"), 0, -1)]
+    assert steps == list(range(1, STEPS + 1))  # each step committed exactly once
 
 
 def test_step_versions_have_no_gaps(finished_run):
