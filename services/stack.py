@@ -29,7 +29,9 @@ SERVICES = ("verifier", "generator", "trainer")
 
 @dataclass
 class Proc:
-    name: str
+    name: str  # instance: "generator-1"
+    role: str  # service: "generator"
+    index: int
     popen: subprocess.Popen
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -40,7 +42,9 @@ class Stack:
                  restart: bool = True, max_restarts: int = 5) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
-        self.services = services
+        # Generators scale out: replicas share the prompt stream through the consumer group.
+        self.instances = [(role, i) for role in services
+                          for i in range(cfg.generator.replicas if role == "generator" else 1)]
         self.restart = restart
         self.max_restarts = max_restarts
         self.redis: EmbeddedRedis | None = None
@@ -58,24 +62,30 @@ class Stack:
         dump_config(self.cfg, self.config_path)
         (self.run_dir / "stack.json").write_text(json.dumps(
             {"redis_url": self.cfg.redis.url, "prefix": self.cfg.redis.prefix, "pid": os.getpid()}))
-        for name in self.services:
-            self.spawn(name)
+        for role, index in self.instances:
+            self.spawn(role, index)
         return self
 
-    def command(self, name: str) -> list[str]:
-        return [sys.executable, "-m", "services.cli", name, "--config", str(self.config_path),
-                "--name", f"{name}-0"]
+    def command(self, role: str, index: int) -> list[str]:
+        port = getattr(self.cfg, role).port + index  # replicas listen on consecutive ports
+        return [sys.executable, "-m", "services.cli", role, "--config", str(self.config_path),
+                "--name", f"{role}-{index}", "--port", str(port)]
 
-    def spawn(self, name: str) -> Proc:
+    def spawn(self, role: str, index: int = 0) -> Proc:
+        name = f"{role}-{index}"
         logfile = open(self.run_dir / "logs" / f"{name}.log", "ab")
-        popen = subprocess.Popen(self.command(name), stdout=logfile, stderr=subprocess.STDOUT,
+        popen = subprocess.Popen(self.command(role, index), stdout=logfile, stderr=subprocess.STDOUT,
                                  start_new_session=True, env=self._env())
         logfile.close()
         prev = self.procs.get(name)
-        proc = Proc(name, popen, restarts=prev.restarts + 1 if prev else 0)
+        proc = Proc(name, role, index, popen, restarts=prev.restarts + 1 if prev else 0)
         self.procs[name] = proc
         log.info("started %s (pid %d)", name, popen.pid)
         return proc
+
+    def proc(self, name: str) -> Proc:
+        """An instance by name ("generator-1"), or a service's first instance ("verifier")."""
+        return self.procs[name] if name in self.procs else self.procs[f"{name}-0"]
 
     def _env(self) -> dict[str, str]:
         # Each service is its own distributed world; drop any rank/port a parent process set
@@ -95,18 +105,18 @@ class Stack:
             codes[name] = code
             if code is None or self.stopping:
                 continue
-            if name == "trainer" and code == 0:
+            if proc.role == "trainer" and code == 0:
                 continue  # the run is complete
             if self.restart and proc.restarts < self.max_restarts:
                 log.warning("%s exited with %s; restarting", name, code)
                 self._kill_group(proc, signal.SIGKILL)  # its engine children, if any survived
-                self.spawn(name)
+                self.spawn(proc.role, proc.index)
                 codes[name] = None
         return codes
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
         """Signal one service's main process (fault injection); returns its pid."""
-        pid = self.procs[name].popen.pid
+        pid = self.proc(name).popen.pid
         os.kill(pid, sig)
         return pid
 
@@ -147,7 +157,7 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             codes = self.supervise()
-            if codes.get("trainer") == 0:
+            if codes.get("trainer-0") == 0:
                 return 0
             for name, code in codes.items():
                 if code is not None and (not self.restart or self.procs[name].restarts >= self.max_restarts):

@@ -52,7 +52,8 @@ class TaskConfig(Section):
 
 class GeneratorConfig(Section):
     host: str = "127.0.0.1"
-    port: int = 8101
+    port: int = 8101  # replica i of the local stack listens on port + i
+    replicas: int = 1  # local stack: generator processes sharing the prompt stream
     samples_per_prompt: int = 8  # K
     temperature: float = 1.2
     top_p: float = 0.95

@@ -97,15 +97,15 @@ def test_accounting_balances_and_nothing_is_lost(finished_run):
     assert set(k for k in counts if k.startswith("dropped:")) <= {"dropped:run_ended", "dropped:too_stale",
                                                                   "dropped:zero_variance"}
     assert s.dead_letters() == []
-    assert stack.procs["verifier"].restarts >= 1
-    assert stack.procs["trainer"].restarts >= 1
-    log = (stack.run_dir / "logs" / "verifier.log").read_text()
+    assert stack.proc("verifier").restarts >= 1
+    assert stack.proc("trainer").restarts >= 1
+    log = (stack.run_dir / "logs" / "verifier-0.log").read_text()
     assert "re-reading" in log or "reclaimed" in log
 
 
 def test_the_restarted_trainer_resumed_from_its_checkpoint(finished_run):
     stack, s, *_ = finished_run
-    log = (stack.run_dir / "logs" / "trainer.log").read_text()
+    log = (stack.run_dir / "logs" / "trainer-0.log").read_text()
     assert "resumed from checkpoint v" in log
     steps = [json.loads(x)["step"] for x in s.r.lrange(s.key("trainer:steps"), 0, -1)]
     assert steps == list(range(1, STEPS + 1))  # each step committed exactly once

@@ -1,0 +1,49 @@
+"""Two generator replicas on the local stack share the prompt stream through the consumer group."""
+
+import time
+from collections import Counter
+
+import pytest
+
+from services.common import streams
+from services.common.config import load_config
+from services.common.http import wait_healthy
+from services.common.ledger import Ledger
+from services.common.net import free_port
+from services.common.schemas import decode
+from services.stack import Stack
+
+pytestmark = pytest.mark.slow
+STEPS = 3
+
+
+def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_path, tiny_model_dir):
+    gen_port = free_port()
+    cfg = load_config("quick", [
+        f"run_dir={tmp_path / 'run'}", f"model.path={tiny_model_dir}", f"trainer.total_steps={STEPS}",
+        "generator.replicas=2", f"generator.port={gen_port}", "generator.max_prompts_per_batch=1",
+        f"verifier.port={free_port()}", f"trainer.port={free_port()}",
+        "generator.gpu_memory_utilization=0.1",
+    ], environ={})
+    with Stack(cfg, services=("verifier", "generator")) as stack:
+        # both engines up before any work exists, so that neither replica finds the run over
+        for port in (gen_port, gen_port + 1):
+            assert wait_healthy(f"http://127.0.0.1:{port}", timeout_s=300)
+        stack.spawn("trainer")
+        assert sorted(stack.procs) == ["generator-0", "generator-1", "trainer-0", "verifier-0"]
+        stack.wait_trainer(timeout_s=400, poll_s=0.5)
+        s = stack.streams()
+        deadline = time.monotonic() + 60  # each replica loads the last version on its next poll
+        while time.monotonic() < deadline:
+            served = {k.decode(): int(v) for k, v in s.r.hgetall(s.key("generators")).items()}
+            if served == {"generator-0": STEPS, "generator-1": STEPS}:
+                break
+            time.sleep(0.5)
+        assert served == {"generator-0": STEPS, "generator-1": STEPS}
+        rollouts = [decode(f[b"data"]) for _, f in s.r.xrange(s.key(streams.ROLLOUTS))]
+        per_prompt = Counter(g.prompt.prompt_id for g in rollouts)
+        assert max(per_prompt.values()) == 1  # no group generated twice
+        assert {g.generator_id for g in rollouts} == {"generator-0", "generator-1"}
+        counts = Ledger(s).counts()
+        assert counts["trained"] == STEPS * cfg.trainer.groups_per_step
+        assert counts["enqueued"] == counts["trained"] + counts["dropped"]
