@@ -1,5 +1,6 @@
 """Two generator replicas on the local stack share the prompt stream through the consumer group."""
 
+import signal
 import time
 from collections import Counter
 
@@ -31,8 +32,16 @@ def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_pa
             assert wait_healthy(f"http://127.0.0.1:{port}", timeout_s=300)
         stack.spawn("trainer")
         assert sorted(stack.procs) == ["generator-0", "generator-1", "trainer-0", "verifier-0"]
-        stack.wait_trainer(timeout_s=400, poll_s=0.5)
+        # SIGTERM drains a replica: it finishes (and publishes) its batch, then exits 0
         s = stack.streams()
+        while s.r.llen(s.key("trainer:steps")) < 1:
+            stack.supervise()
+            time.sleep(0.1)
+        replica = stack.proc("generator-1").popen
+        stack.kill("generator-1", signal.SIGTERM)
+        assert replica.wait(60) == 0
+        stack.wait_trainer(timeout_s=400, poll_s=0.5)  # the supervisor starts it again
+        assert stack.proc("generator-1").restarts == 1
         deadline = time.monotonic() + 60  # each replica loads the last version on its next poll
         while time.monotonic() < deadline:
             served = {k.decode(): int(v) for k, v in s.r.hgetall(s.key("generators")).items()}
