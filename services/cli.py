@@ -147,6 +147,34 @@ def demo(quick: Annotated[bool, typer.Option(help="smallest preset, for a smoke 
     console.print(f"[green]demo finished in {time.monotonic() - t0:.0f}s[/green]; report: {report}")
 
 
+@app.command()
+def sft(data: Annotated[str, typer.Option(help="jsonl: prompt/response, problem/solution, "
+                                             "question/answer or messages records")],
+        model: Annotated[str, typer.Option(help="HF model directory to start from")],
+        out: Annotated[str, typer.Option(help="where the fine-tuned model is written")],
+        config: ConfigOpt = "tiny", set: SetOpt = None) -> None:
+    """Supervised fine-tuning on the DeepSpeed engine (loss on response tokens only)."""
+    from transformers import AutoTokenizer
+
+    from services.common.logs import setup_logging
+    from services.trainer.sft import load_sft_records, run_sft
+
+    setup_logging("sft")
+    cfg = _load(config, set)
+    if not (Path(model) / "config.json").exists():
+        console.print(f"[red]not a model directory (no config.json):[/red] {model}")
+        raise typer.Exit(2)
+    try:
+        pairs = load_sft_records(data, AutoTokenizer.from_pretrained(model))
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]bad SFT data:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"SFT on {len(pairs)} records for {cfg.trainer.sft_steps} steps")
+    run_sft(cfg, Path(model), Path(out), data=pairs,
+            progress=lambda step, loss: step % 50 == 0 and console.print(f"step {step} loss {loss:.4f}"))
+    console.print(f"saved {out}")
+
+
 @app.command("eval")
 def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model dir; repeat to compare "
                                                                   "checkpoints of one run")],

@@ -1,0 +1,65 @@
+"""SFT data loading in the common formats, and an SFT run on the DeepSpeed engine."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.trainer.sft import encode_batch, load_sft_records, run_sft
+
+
+def write_jsonl(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def test_common_schemas_load(tmp_path, tiny_model_dir):
+    f = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": "Q:1+1\nA:", "response": "\\boxed{2}"},
+        {"problem": "What is 2+2?", "solution": "2+2=4, so \\boxed{4}"},
+        {"question": "3 apples and 4 more?", "answer": "3+4=7\n#### 7"},
+        {"messages": [{"role": "user", "content": "5+5?"}, {"role": "assistant", "content": "\\boxed{10}"}]},
+    ])
+    pairs = load_sft_records(f, AutoTokenizer.from_pretrained(tiny_model_dir))
+    assert pairs[0] == ("Q:1+1\nA:", "\\boxed{2}")
+    assert pairs[1][1].endswith("\\boxed{4}")
+    assert pairs[2] == ("3 apples and 4 more?", "3+4=7 \\boxed{7}")
+    assert pairs[3] == ("user: 5+5?\nassistant: ", "\\boxed{10}")  # no chat template: plain roles
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"foo": 1}', "unknown schema"), ("not json", "not JSON"),
+    ('{"messages": [{"role": "user", "content": "x"}]}', "assistant"),
+])
+def test_bad_records_name_the_line(tmp_path, line, message):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"prompt": "a", "response": "b"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=message) as err:
+        load_sft_records(f)
+    assert "bad.jsonl:2" in str(err.value)
+
+
+def test_loss_is_on_response_tokens_only(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = encode_batch(tok, [("Q:1+1\nA:", "\\boxed{2}")])
+    n_prompt = len(tok("Q:1+1\nA:", add_special_tokens=False)["input_ids"])
+    assert (batch["labels"][0, :n_prompt] == -100).all()
+    assert (batch["labels"][0, n_prompt:] != -100).sum() == len("\\boxed{2}") + 1  # + EOS
+
+
+def test_sft_from_jsonl_lowers_the_loss_and_saves_a_loadable_model(tmp_path, make_config, tiny_model_dir):
+    records = [{"prompt": f"Q:{a}+{a}\nA:", "response": f"\\boxed{{{2 * a}}}"} for a in range(20)]
+    pairs = load_sft_records(write_jsonl(tmp_path / "d.jsonl", records))
+    cfg = make_config("trainer.sft_steps=30", "trainer.sft_batch=8", "trainer.sft_lr=3e-3")
+    losses = []
+    out = run_sft(cfg, tiny_model_dir, tmp_path / "sft", data=pairs,
+                  progress=lambda step, loss: losses.append(loss))
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    tuned = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert not torch.equal(tuned.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    tok = AutoTokenizer.from_pretrained(out)  # the tokenizer travels with the model
+    assert tok.decode(tok("Q:3+3\nA:", add_special_tokens=False)["input_ids"]) == "Q:3+3\nA:"
