@@ -62,13 +62,19 @@ class _Base:
     def _body(self, batch: list[VerifyItem]) -> dict:
         return VerifyRequest(items=batch).model_dump(mode="json")
 
-    def _result(self, response: httpx.Response) -> list[VerifyResult] | None:
-        """Parsed results; None when the request should be retried; raises on other errors."""
-        if response.status_code == 200:
-            return VerifyResponse.model_validate(response.json()).results
-        if response.status_code in RETRY_STATUS:
-            return None
-        raise VerifierError(response.status_code, _detail(response))
+    def _outcome(self, attempt: int, response: httpx.Response | None,
+                  error: httpx.TransportError | None) -> tuple[list[VerifyResult] | None, float]:
+        """(results, 0) on success, (None, seconds to wait) to retry; raises when done trying."""
+        if response is not None:
+            if response.status_code == 200:
+                return VerifyResponse.model_validate(response.json()).results, 0.0
+            if response.status_code not in RETRY_STATUS:
+                raise VerifierError(response.status_code, _detail(response))
+        if attempt >= self.retries:
+            if error is not None:
+                raise error
+            raise VerifierError(response.status_code, "retries exhausted")
+        return None, _delay(attempt, response, self.backoff_s, self.max_backoff_s)
 
 
 class VerifierClient(_Base):
@@ -83,18 +89,18 @@ class VerifierClient(_Base):
         return out
 
     def _post(self, batch: list[VerifyItem]) -> list[VerifyResult]:
+        body = self._body(batch)
         for attempt in range(self.retries + 1):
-            response = None
+            response = error = None
             try:
-                response = self.http.post(f"{self.base_url}/v1/verify", json=self._body(batch))
-                if (results := self._result(response)) is not None:
-                    return results
-            except httpx.TransportError:
-                if attempt == self.retries:
-                    raise
-            if attempt < self.retries:
-                time.sleep(_delay(attempt, response, self.backoff_s, self.max_backoff_s))
-        raise VerifierError(response.status_code if response is not None else 0, "retries exhausted")
+                response = self.http.post(f"{self.base_url}/v1/verify", json=body)
+            except httpx.TransportError as exc:
+                error = exc
+            results, wait = self._outcome(attempt, response, error)
+            if results is not None:
+                return results
+            time.sleep(wait)
+        raise AssertionError("unreachable: _outcome raises on the last attempt")
 
     def health(self) -> dict:
         return self.http.get(f"{self.base_url}/health").json()
@@ -127,18 +133,18 @@ class AsyncVerifierClient(_Base):
         return [r for part in parts for r in part]
 
     async def _post(self, batch: list[VerifyItem]) -> list[VerifyResult]:
+        body = self._body(batch)
         for attempt in range(self.retries + 1):
-            response = None
+            response = error = None
             try:
-                response = await self.http.post(f"{self.base_url}/v1/verify", json=self._body(batch))
-                if (results := self._result(response)) is not None:
-                    return results
-            except httpx.TransportError:
-                if attempt == self.retries:
-                    raise
-            if attempt < self.retries:
-                await asyncio.sleep(_delay(attempt, response, self.backoff_s, self.max_backoff_s))
-        raise VerifierError(response.status_code if response is not None else 0, "retries exhausted")
+                response = await self.http.post(f"{self.base_url}/v1/verify", json=body)
+            except httpx.TransportError as exc:
+                error = exc
+            results, wait = self._outcome(attempt, response, error)
+            if results is not None:
+                return results
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable: _outcome raises on the last attempt")
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -152,3 +152,13 @@ def test_overload_sheds_with_503_and_the_client_retries(start_verifier):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_client_gives_up_on_an_unreachable_server_after_its_retries():
+    from services.common.net import free_port
+
+    t0 = time.monotonic()
+    with VerifierClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff_s=0.05) as c:
+        with pytest.raises(httpx.TransportError):
+            c.verify([{"response": "\\boxed{1}", "gold": "1"}])
+    assert time.monotonic() - t0 < 5
