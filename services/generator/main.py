@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+
+import redis
 
 from services.common.config import T1Config
 from services.common.http import ServerThread, service_app
 from services.common.logs import setup_logging
 from services.common.runtime import consumer_name, require_redis, stop_on_signals
+
+log = logging.getLogger(__name__)
 
 
 def serve(cfg: T1Config, name: str | None = None) -> None:
@@ -30,7 +35,13 @@ def serve(cfg: T1Config, name: str | None = None) -> None:
     state.update(ready=True)
     try:
         while not stop.is_set():
-            worker.run_once()
+            try:
+                worker.run_once()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Redis restarting: unacknowledged prompts stay pending and are claimed again
+                # after the visibility timeout; keep the engine, reconnect on the next call.
+                log.warning("redis unavailable (%s); retrying in 1s", exc)
+                stop.wait(1.0)
             state["version"] = worker.version
     finally:
         http.stop()

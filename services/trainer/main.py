@@ -16,6 +16,9 @@ def serve(cfg: T1Config, name: str | None = None) -> int:
                         cfg.trainer.host, cfg.trainer.port).start()
     from services.trainer.rl import RLTrainer
 
+    # No in-process retry on Redis errors: a step whose commit transaction failed has already
+    # changed the weights in memory, so the trainer exits and the supervisor restarts it from the
+    # checkpoint of the last committed version.
     trainer = RLTrainer(cfg, s, consumer_name("trainer", name))
     stop_on_signals(trainer.stop_event)
     state.update(ready=True, version=trainer.version)

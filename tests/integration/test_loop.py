@@ -4,7 +4,8 @@ One run of the stack checks the walking skeleton's acceptance: after N steps the
 serves version N; every trained group was generated within the staleness bound; the ledger
 balances; a verifier killed with SIGKILL while holding unacknowledged rollouts loses none of
 them (the supervisor restarts it and it re-reads its pending entries); and a trainer killed with
-SIGKILL after two steps resumes from its checkpoint with no step committed twice.
+SIGKILL after two steps resumes from its checkpoint with no step committed twice; and a Redis
+restart (AOF on) after four steps loses nothing.
 """
 
 import json
@@ -20,7 +21,7 @@ from services.common.ledger import Ledger
 from services.stack import Stack
 
 pytestmark = pytest.mark.slow
-STEPS = 4
+STEPS = 6
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,12 @@ def finished_run(tmp_path_factory, tiny_model_dir):
             stack.supervise()
             time.sleep(0.05)
         stack.kill("trainer", signal.SIGKILL)
+        # Then restart Redis itself (AOF on, same port and data dir) once 4 steps are committed.
+        while s.r.llen(s.key("trainer:steps")) < 4 and time.monotonic() < deadline:
+            stack.supervise()
+            time.sleep(0.05)
+        stack.redis.stop()
+        stack.redis.start()
         stack.wait_trainer(timeout_s=300, poll_s=0.5)
         yield stack, s, killed_with_pending, live
     finally:
