@@ -147,6 +147,30 @@ def demo(quick: Annotated[bool, typer.Option(help="smallest preset, for a smoke 
     console.print(f"[green]demo finished in {time.monotonic() - t0:.0f}s[/green]; report: {report}")
 
 
+@app.command("init-model")
+def init_model(config: ConfigOpt = "tiny", set: SetOpt = None,
+               tiny: Annotated[bool, typer.Option(
+                   envvar="T1_BOOTSTRAP_TINY",
+                   help="build + SFT the tiny default if model.path is missing; --no-tiny (or "
+                        "T1_BOOTSTRAP_TINY=0): a missing model is an error")] = True) -> None:
+    """Make sure ``model.path`` holds a model before the services start (deployments run it once)."""
+    from services.common.logs import setup_logging
+    from services.trainer.sft import run_sft
+    from services.trainer.tiny_model import build_tiny_model
+
+    setup_logging("init-model")
+    cfg = _load(config, set)
+    out = Path(cfg.model.path)
+    if (out / "config.json").exists():
+        console.print(f"model ready: {out}")
+        return
+    if not tiny:
+        console.print(f"[red]no model at {out}[/red]: copy a Hugging Face model directory there")
+        raise typer.Exit(2)
+    run_sft(cfg, build_tiny_model(cfg.model, out.parent / "base"), out)
+    console.print(f"tiny model built and fine-tuned: {out}")
+
+
 @app.command()
 def sft(data: Annotated[str, typer.Option(help="jsonl: prompt/response, problem/solution, "
                                              "question/answer or messages records")],
