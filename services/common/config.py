@@ -19,7 +19,8 @@ ENV_PREFIX = "T1__"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Env/CLI values are YAML-parsed, so an all-digit token arrives as an int: accept it as text.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 class RedisConfig(Section):

@@ -32,3 +32,10 @@ def test_unknown_preset_lists_presets():
 def test_override_without_equals_is_an_error():
     with pytest.raises(ValueError, match="key=value"):
         load_config("tiny", ["trainer.lr"], environ={})
+
+
+def test_numeric_looking_strings_from_env_stay_strings():
+    cfg = load_config("tiny", environ={"T1__VERIFIER__AUTH_TOKEN": "123456"})
+    assert cfg.verifier.auth_token == "123456"
+    with pytest.raises(ValidationError):
+        load_config("tiny", environ={"T1__TRAINER__LR": "fast"})  # numbers are still checked
