@@ -93,9 +93,9 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
     t0 = time.monotonic()
     with Stack(rl_cfg) as stack:
         steps = rl_progress(stack, console)
-        counts = Ledger(stack.streams()).counts()
-        served = {k.decode(): int(v) for k, v in
-                  stack.streams().r.hgetall(stack.streams().key("generators")).items()}
+        s = stack.streams()
+        counts = Ledger(s).counts()
+        served = {k.decode(): int(v) for k, v in s.r.hgetall(s.key("generators")).items()}
     rl_seconds = time.monotonic() - t0
 
     console.print("[bold]3/4 evaluation[/bold] held-out accuracy and inference scaling "

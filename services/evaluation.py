@@ -52,9 +52,10 @@ class Evaluator:
         self.engine = engine  # services.generator.engine.RolloutEngine
         self.scorer = scorer  # services.verifier.scoring.Scorer
 
-    def _verdicts(self, texts_and_finish: list[tuple[str, str]], gold: str):
+    def _verdicts(self, texts_finish_gold: list[tuple[str, str, str]]):
+        """One verdict per (response, finish reason, gold), in order, in one scorer batch."""
         items = [(text, gold, "math", VerifyOptions(finish_reason="stop" if f == "stop" else "length"))
-                 for text, f in texts_and_finish]
+                 for text, f, gold in texts_finish_gold]
         return self.scorer.score_batch(items)
 
     def accuracy(self, problems: list[Problem], k: int, temperature: float,
@@ -67,8 +68,8 @@ class Evaluator:
         g_correct = pass1 = passk = maj = 0.0
         for p, g, s in zip(problems, greedy, sampled):
             gold = str(p.answer)
-            g_correct += self._verdicts([(g.samples[0].text, g.samples[0].finish_reason)], gold)[0].correct
-            verdicts = self._verdicts([(x.text, x.finish_reason) for x in s.samples], gold)
+            g_correct += self._verdicts([(g.samples[0].text, g.samples[0].finish_reason, gold)])[0].correct
+            verdicts = self._verdicts([(x.text, x.finish_reason, gold) for x in s.samples])
             c = sum(v.correct for v in verdicts)
             pass1 += c / k
             passk += pass_at_k(k, c, k)
@@ -94,8 +95,8 @@ class Evaluator:
                     self.engine.sampling_params(n=1, temperature=0.0, max_tokens=12, top_p=1.0))
                 for i, g in zip(unfinished, forced):
                     texts[i] = texts[i] + FORCE_ANSWER + g.samples[0].text.split("}")[0] + "}"
-            correct = sum(self._verdicts([(t, "stop")], str(p.answer))[0].correct
-                          for t, p in zip(texts, problems))
+            verdicts = self._verdicts([(t, "stop", str(p.answer)) for t, p in zip(texts, problems)])
+            correct = sum(v.correct for v in verdicts)
             out[budget] = correct / len(problems)
         return out
 
