@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.common import streams
@@ -34,7 +34,6 @@ class Proc:
     index: int
     popen: subprocess.Popen
     restarts: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 class Stack:

@@ -10,6 +10,7 @@ that same transaction.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import random
@@ -62,13 +63,7 @@ class Checkpointer:
         anchor.load_state_dict(torch.load(self.root / t / "anchor.pt", weights_only=True))
         state = json.loads((self.root / t / "t1_state.json").read_text())
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-        random.setstate(eval_tuple(state["python_rng"]))
+        random.setstate(ast.literal_eval(state["python_rng"]))  # nested tuples of ints
         log.info("resumed from checkpoint %s (anchor v%d)", t, anchor.version)
         return state
 
-
-def eval_tuple(text: str):
-    """Parse the repr of ``random.getstate()`` (nested tuples of ints and None) safely."""
-    import ast
-
-    return ast.literal_eval(text)

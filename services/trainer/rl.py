@@ -297,6 +297,3 @@ class RLTrainer:
         pipe.execute()
         self.batch = Batch()
         event(log, "run finished", version=self.version, **self.ledger.counts())
-
-    def step_records(self) -> list[dict]:
-        return [json.loads(x) for x in self.s.r.lrange(self.steps_key, 0, -1)]
