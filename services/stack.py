@@ -149,7 +149,8 @@ class Stack:
 
     # -- observation -----------------------------------------------------------------------------
     def streams(self) -> streams.Streams:
-        return streams.Streams(streams.connect(self.cfg.redis.url), self.cfg.redis.prefix)
+        return streams.Streams(streams.connect(self.cfg.redis.url), self.cfg.redis.prefix,
+                               self.cfg.redis.keep_acked)
 
     def wait_trainer(self, timeout_s: float, on_poll=None, poll_s: float = 1.0) -> int:
         """Supervise until the trainer exits 0 (run complete); raise on timeout or give-up."""

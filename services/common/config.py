@@ -28,6 +28,9 @@ class RedisConfig(Section):
     prefix: str = "t1"  # key prefix; streams live under "{prefix}:..."
     visibility_timeout_s: float = 30.0  # idle time after which a dead consumer's entries are reclaimed
     block_ms: int = 500
+    # Acknowledged entries are deleted from prompts/rollouts/scored in the acking transaction,
+    # so Redis holds only work in flight; true keeps them (audits and tests read the history).
+    keep_acked: bool = False
 
 
 class ModelConfig(Section):

@@ -72,6 +72,12 @@ class EmbeddedRedis:
             self.proc.kill()
             self.proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL, no AOF flush on the way out (fault injection)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def __enter__(self) -> "EmbeddedRedis":
         return self.start()
 

@@ -3,9 +3,12 @@
 A consumer reads an entry, does its work, and then in ONE transaction (MULTI/EXEC) writes the
 result downstream and acknowledges the input. A crash before EXEC leaves the entry pending;
 it is re-read by the same consumer name on restart (``XREADGROUP ... 0``) or claimed by any
-other consumer once idle longer than the visibility timeout (``XAUTOCLAIM``). Entries that
+consumer once idle longer than the visibility timeout. A consumer never claims what it holds
+(read, not yet acknowledged or released), and keeps what it holds from going idle (``XCLAIM
+... JUSTID`` by its owner resets the idle time), so long work is not handed on twice. Entries that
 cannot be decoded go to the dead-letter stream with the reason, in the same kind of
-transaction, so nothing disappears silently.
+transaction, so nothing disappears silently. Acknowledged entries are deleted in the acking
+transaction (unless ``keep_acked``): the ledger, not the streams, is the run's record.
 
 All keys share one hash tag (``{t1}:...``) so the multi-key transactions stay valid on a
 Redis Cluster.
@@ -14,6 +17,7 @@ Redis Cluster.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -43,9 +47,10 @@ def connect(url: str) -> redis.Redis:
 
 
 class Streams:
-    def __init__(self, client: redis.Redis, prefix: str = "t1") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "t1", keep_acked: bool = False) -> None:
         self.r = client
         self.prefix = prefix
+        self.keep_acked = keep_acked
 
     def key(self, name: str) -> str:
         return f"{{{self.prefix}}}:{name}"
@@ -95,15 +100,20 @@ class Consumer:
         self.block_ms = block_ms
         self._own_pending_done = False
         self._last_reclaim = 0.0
+        self._last_keep_alive = 0.0
+        self.held: set[str] = set()  # read and neither acknowledged nor released
+        self._held_lock = threading.Lock()  # an async worker reads in a thread, acks on its loop
         self.reclaimed = 0
         streams.ensure_group(stream, group)
 
     def read(self, count: int, block_ms: int | None = None) -> list[Entry]:
-        """Next entries: own pending first (after a restart), then a dead peer's, then new."""
+        """Next entries: own pending first (after a restart), then idle ones nobody holds, then new."""
         key = self.s.key(self.stream)
+        self.keep_alive()
         if not self._own_pending_done:
             raw = self.s.r.xreadgroup(self.group, self.name, {key: "0"}, count=count)
-            entries = raw[0][1] if raw else []
+            held = self.holding()
+            entries = [e for e in (raw[0][1] if raw else []) if e[0].decode() not in held]
             if entries:
                 self.reclaimed += len(entries)
                 log.info("re-reading %d own pending entries on %s", len(entries), self.stream)
@@ -112,10 +122,7 @@ class Consumer:
         now = time.monotonic()
         if now - self._last_reclaim > max(self.visibility_ms / 2000, 0.5):
             self._last_reclaim = now
-            claimed = self.s.r.xautoclaim(key, self.group, self.name, self.visibility_ms,
-                                          start_id="0-0", count=count)
-            entries = claimed[1] if claimed else []
-            entries = [e for e in entries if e[1]]  # trimmed entries come back empty
+            entries = self._claim_idle(count)
             if entries:
                 self.reclaimed += len(entries)
                 log.warning("reclaimed %d idle entries on %s", len(entries), self.stream)
@@ -123,6 +130,52 @@ class Consumer:
         raw = self.s.r.xreadgroup(self.group, self.name, {key: ">"}, count=count,
                                   block=self.block_ms if block_ms is None else block_ms)
         return self._decode(raw[0][1] if raw else [])
+
+    def _claim_idle(self, count: int) -> list:
+        """Claim entries idle past the visibility timeout (a dead or stuck consumer's, or our
+        own that a failed iteration released), never one this consumer holds. XCLAIM re-checks
+        the idle time, so an owner that touched its entry meanwhile keeps it."""
+        key = self.s.key(self.stream)
+        held = self.holding()
+        idle = self.s.r.xpending_range(key, self.group, "-", "+", count + len(held),
+                                       idle=self.visibility_ms)
+        ids = [p["message_id"] for p in idle if p["message_id"].decode() not in held][:count]
+        if not ids:
+            return []
+        claimed = self.s.r.xclaim(key, self.group, self.name, self.visibility_ms, ids)
+        return [e for e in claimed if e and e[1]]  # trimmed entries come back empty
+
+    def keep_alive(self, force: bool = False) -> None:
+        """Reset the idle time of the entries this consumer holds (at most every third of the
+        visibility timeout), so no peer claims work that is merely slow."""
+        now = time.monotonic()
+        held = self.holding()
+        if not held or (not force and now - self._last_keep_alive < self.visibility_ms / 3000):
+            return
+        self._last_keep_alive = now
+        self.s.r.xclaim(self.s.key(self.stream), self.group, self.name, 0, sorted(held), justid=True)
+
+    def is_pending(self, entry_id: str) -> bool:
+        """Whether ``entry_id`` is pending for this consumer (read, not acknowledged)."""
+        return bool(self.s.r.xpending_range(self.s.key(self.stream), self.group, entry_id,
+                                            entry_id, 1, consumername=self.name))
+
+    def release(self, ids: list[str] | None = None) -> None:
+        """Stop holding entries without acknowledging them (all with no ids): after a failed
+        iteration they are claimed again, by anyone, once idle past the visibility timeout."""
+        with self._held_lock:
+            if ids is None:
+                self.held.clear()
+            else:
+                self.held.difference_update(ids)
+
+    def hold(self, entry_id: str) -> None:
+        with self._held_lock:
+            self.held.add(entry_id)
+
+    def holding(self) -> set[str]:
+        with self._held_lock:
+            return set(self.held)
 
     def _decode(self, raw_entries) -> list[Entry]:
         out = []
@@ -134,11 +187,19 @@ class Consumer:
                 self.dead_letter(eid, str(exc), fields.get(b"data", b""))
                 continue
             out.append(Entry(eid, msg))
+            self.hold(eid)
         return out
 
     def ack(self, ids: list[str], pipe: redis.client.Pipeline) -> None:
         if ids:
+            # Forgotten when the transaction is queued: a failed EXEC leaves them pending, and
+            # unheld, so they are claimed again after the visibility timeout.
+            self.release(ids)
             pipe.xack(self.s.key(self.stream), self.group, *ids)
+            if not self.s.keep_acked:
+                # One consumer group per stream: once acknowledged, nobody reads the entry again,
+                # so it goes now and Redis memory tracks the work in flight, not the run length.
+                pipe.xdel(self.s.key(self.stream), *ids)
 
     def dead_letter(self, entry_id: str, reason: str, payload: bytes = b"",
                     pipe: redis.client.Pipeline | None = None) -> None:

@@ -62,4 +62,5 @@ class VerifierWorker:
                 self.run_once()
             except Exception:  # keep serving; Redis blips reconnect on the next call
                 log.exception("verifier worker iteration failed")
+                self.consumer.release()  # the unacknowledged groups are claimed again when idle
                 self.stop_event.wait(1.0)

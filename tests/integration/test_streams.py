@@ -26,6 +26,22 @@ def test_forward_and_ack_is_atomic_and_exactly_once(s):
     assert c.read(10, block_ms=50) == []
 
 
+def test_acknowledged_entries_are_deleted_unless_kept(s):
+    kept = streams.Streams(s.r, s.prefix + "-kept", keep_acked=True)
+    for target in (s, kept):
+        for i in range(4):
+            target.publish(streams.PROMPTS, _prompt(i))
+        c = streams.Consumer(target, streams.PROMPTS, "g", "c1", Prompt)
+        entries = c.read(3, block_ms=100)  # p3 stays unread, p2 read but not acked
+        pipe = target.transaction()
+        c.ack([e.id for e in entries[:2]], pipe)
+        pipe.execute()
+    left = [streams.schemas.decode(f[b"data"]).prompt_id for _, f in s.r.xrange(s.key(streams.PROMPTS))]
+    assert left == ["p2", "p3"]  # pending and unread entries stay; acked ones are gone
+    assert kept.length(streams.PROMPTS) == 4
+    assert s.pending_count(streams.PROMPTS, "g") == 1
+
+
 def test_restarted_consumer_rereads_its_own_pending_entries(s):
     s.publish(streams.PROMPTS, _prompt(1))
     first = streams.Consumer(s, streams.PROMPTS, "g", "worker-0", Prompt)
@@ -52,6 +68,48 @@ def test_dead_consumers_entries_are_claimed_after_the_visibility_timeout(s):
         time.sleep(0.3)
     assert [e.msg.prompt_id for e in got] == ["p7"]
     assert other.reclaimed == 1
+
+
+def test_a_consumer_never_claims_what_it_holds(s):
+    # Long work (a generation, a batch being collected) goes idle in Redis; reading again must
+    # not hand the same entry to its holder a second time.
+    s.publish(streams.PROMPTS, _prompt(1))
+    c = streams.Consumer(s, streams.PROMPTS, "g", "worker", Prompt, visibility_timeout_s=0.2)
+    assert [e.msg.prompt_id for e in c.read(5, block_ms=50)] == ["p1"]
+    time.sleep(0.5)
+    c._last_keep_alive = time.monotonic()  # no keep-alive: the entry really is idle
+    c._last_reclaim = 0.0
+    assert c.read(5, block_ms=50) == [] and c.reclaimed == 0
+
+
+def test_keep_alive_keeps_slow_work_from_peers(s):
+    s.publish(streams.PROMPTS, _prompt(2))
+    slow = streams.Consumer(s, streams.PROMPTS, "g", "slow", Prompt, visibility_timeout_s=0.4)
+    peer = streams.Consumer(s, streams.PROMPTS, "g", "peer", Prompt, visibility_timeout_s=0.4)
+    assert len(slow.read(5, block_ms=50)) == 1
+    for _ in range(6):  # 0.9 s in all, over twice the visibility timeout
+        time.sleep(0.15)
+        slow.keep_alive(force=True)
+        peer._last_reclaim = 0.0
+        assert peer.read(5, block_ms=10) == []
+    assert peer.reclaimed == 0
+
+
+def test_released_entries_are_claimed_again_once_idle(s):
+    # A failed iteration releases what it held; the holder itself picks it up after the timeout.
+    s.publish(streams.PROMPTS, _prompt(3))
+    c = streams.Consumer(s, streams.PROMPTS, "g", "worker", Prompt, visibility_timeout_s=0.2)
+    first = c.read(5, block_ms=50)
+    c.release()
+    time.sleep(0.4)
+    c._last_reclaim = 0.0
+    again = c.read(5, block_ms=50)
+    assert [e.id for e in again] == [e.id for e in first] and c.reclaimed == 1
+    assert c.is_pending(first[0].id)
+    pipe = s.transaction()
+    c.ack([first[0].id], pipe)
+    pipe.execute()
+    assert not c.is_pending(first[0].id) and c.holding() == set()
 
 
 def test_undecodable_entry_goes_to_dead_letters_with_reason(s):
