@@ -146,7 +146,7 @@ def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int = 200, k:
                 progress(label, results[label])
     finally:
         scorer.close()
-        engine.llm.llm_engine.engine_core.shutdown()
+        engine.shutdown()
     return results
 
 

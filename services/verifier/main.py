@@ -8,13 +8,14 @@ import uvicorn
 
 from services.common.config import T1Config
 from services.common.logs import setup_logging
-from services.common.runtime import consumer_name, require_redis
+from services.common.runtime import consumer_name, pin_cpus, require_redis
 from services.verifier.app import create_app
 from services.verifier.scoring import Scorer
 
 
 def serve(cfg: T1Config, name: str | None = None) -> None:
     setup_logging("verifier")
+    pin_cpus(cfg.verifier.cpus)
     vc = cfg.verifier
     scorer = Scorer(vc)
     worker = None

@@ -28,7 +28,7 @@ def model_dir(request, tiny_model_dir, tied_model_dir):
 def engine(model_dir):
     eng = RolloutEngine(str(model_dir), CFG)
     yield eng
-    eng.llm.llm_engine.engine_core.shutdown()  # stop the engine process before pytest closes stdio
+    eng.shutdown()  # stop the engine process before pytest closes stdio
 
 
 def hf_logprobs(model_dir, prompt_ids, resp_ids, temperature=1.0):
@@ -69,13 +69,14 @@ def perturbed_version(src, weights_dir, version, seed):
 
 
 def test_worker_syncs_weights_and_publishes_versioned_groups(engine, model_dir, s, tmp_path):
-    worker = GeneratorWorker(s, engine, "gen-test", max_prompts=8, visibility_timeout_s=30)
+    worker = GeneratorWorker(s, engine, "gen-test", CFG, visibility_timeout_s=30)
     assert worker.version == 0
     ann = perturbed_version(model_dir, tmp_path / "w", 1, seed=1)
     weights.announce(s, ann)
     for i in range(3):
         s.publish(streams.PROMPTS, Prompt(prompt_id=f"p{i}", index=i, text=f"Q:{i}+1\nA:", gold=str(i + 1)))
-    assert worker.run_once() == 3
+    assert engine.loop.run(worker.step()) == 3  # the announcement is seen before admission
+    engine.loop.run(worker.drain())
     assert worker.version == 1
     assert s.r.hget(s.key("generators"), "gen-test") == b"1"
     c = streams.Consumer(s, streams.ROLLOUTS, "verifier", "v", RolloutGroup)
@@ -95,11 +96,11 @@ def test_worker_syncs_weights_and_publishes_versioned_groups(engine, model_dir, 
         f.seek(-16, 2)
         f.write(b"\x00" * 16)
     weights.announce(s, bad)
-    worker.maybe_update_weights()
+    assert not engine.loop.run(worker.maybe_update_weights())
     assert worker.version == 1
     good = perturbed_version(model_dir, tmp_path / "w", 3, seed=3)
     weights.announce(s, good)
-    worker.maybe_update_weights()
+    assert engine.loop.run(worker.maybe_update_weights())
     assert worker.version == 3
     shutil.rmtree(tmp_path / "w")
 
@@ -107,14 +108,15 @@ def test_worker_syncs_weights_and_publishes_versioned_groups(engine, model_dir, 
 def test_a_prompt_too_long_for_the_context_is_dead_lettered_not_fatal(engine, s):
     from services.common.ledger import Ledger
 
-    worker = GeneratorWorker(s, engine, "gen-long", max_prompts=8, visibility_timeout_s=30)
+    worker = GeneratorWorker(s, engine, "gen-long", CFG, visibility_timeout_s=30)
     long_text = "Q:" + "1+" * 400 + "1\nA:"
     pipe = s.transaction()
     for pid, text in (("ok1", "Q:1+1\nA:"), ("long", long_text), ("ok2", "Q:2+2\nA:")):
         s.publish(streams.PROMPTS, Prompt(prompt_id=pid, index=0, text=text, gold="2"), pipe)
         Ledger(s).mark_enqueued(pipe, pid)
     pipe.execute()
-    assert worker.run_once() == 2  # the other prompts of the batch are still generated
+    assert engine.loop.run(worker.step()) == 2  # the other prompts of the batch are still generated
+    engine.loop.run(worker.drain())
     dead = s.dead_letters()
     assert len(dead) == 1 and dead[0]["reason"].startswith("long: prompt of")
     assert Ledger(s).status("long") == "dropped:prompt_too_long"

@@ -24,7 +24,8 @@ def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_pa
         f"run_dir={tmp_path / 'run'}", f"model.path={tiny_model_dir}", f"trainer.total_steps={STEPS}",
         "generator.replicas=2", f"generator.port={gen_port}", "generator.max_prompts_per_batch=1",
         f"verifier.port={free_port()}", f"trainer.port={free_port()}",
-        "generator.gpu_memory_utilization=0.1",
+        "generator.gpu_memory_utilization=0.1", "generator.max_inflight_groups=2",
+        "redis.keep_acked=true",  # the test reads the rollouts stream afterwards
     ], environ={})
     with Stack(cfg, services=("verifier", "generator")) as stack:
         # both engines up before any work exists, so that neither replica finds the run over

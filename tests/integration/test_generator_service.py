@@ -1,0 +1,171 @@
+"""The generator as a service on the real async vLLM engine: continuous batching, the weight
+update protocol (finish / abort), backpressure, the OpenAI-compatible API, weight transports."""
+
+import httpx
+import pytest
+
+from services.common import streams, weights
+from services.common.config import GeneratorConfig
+from services.common.http import service_app
+from services.common.net import free_port
+from services.common.schemas import Prompt, RolloutGroup
+from services.generator.engine import RolloutEngine
+from services.generator.http import LoopServer, add_openai_error_handlers, mount_openai
+from services.generator.transport import NcclReceiver, nccl_update_bytes, nccl_update_info
+from services.generator.worker import GeneratorWorker, unconsumed
+from tests.integration.test_generator import perturbed_version
+
+pytestmark = pytest.mark.slow
+
+# long responses keep groups in flight while the test acts on the worker
+CFG = GeneratorConfig(samples_per_prompt=4, temperature=1.0, top_p=1.0, max_tokens=160,
+                      gpu_memory_utilization=0.1, max_inflight_groups=8)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    eng = RolloutEngine(str(tiny_model_dir), CFG)
+    yield eng
+    eng.shutdown()
+
+
+def publish_prompts(s, n, prefix="p"):
+    for i in range(n):
+        s.publish(streams.PROMPTS, Prompt(prompt_id=f"{prefix}{i}", index=i, text=f"Q:{i}+2\nA:",
+                                          gold=str(i + 2)))
+
+
+def rollouts(s) -> list[RolloutGroup]:
+    """What the verifier would take now (read and acknowledged)."""
+    c = streams.Consumer(s, streams.ROLLOUTS, "verifier", "v", RolloutGroup)
+    entries = c.read(100, block_ms=100)
+    pipe = s.transaction()
+    c.ack([e.id for e in entries], pipe)
+    pipe.execute()
+    return [e.msg for e in entries]
+
+
+@pytest.mark.parametrize("mode", ["finish", "abort"])
+def test_weight_update_finishes_or_aborts_the_groups_in_flight_and_loses_none(engine, s, tmp_path,
+                                                                             tiny_model_dir, mode):
+    cfg = CFG.model_copy(update={"sync_mode": mode})
+    worker = GeneratorWorker(s, engine, f"gen-{mode}", cfg, visibility_timeout_s=30)
+    run = engine.loop.run
+    ann = perturbed_version(tiny_model_dir, tmp_path / "w", 1, seed=1)  # ready before admission
+    publish_prompts(s, 4)
+    assert run(worker.step()) == 4
+    assert len(worker.inflight) == 4  # continuous batching: all four groups in the engine at once
+    weights.announce(s, ann)
+    assert run(worker.maybe_update_weights())
+    assert worker.version == 1 and not worker.inflight
+    assert s.r.hget(s.key("generators"), f"gen-{mode}") == b"1"
+    assert worker.last_sync["version"] == 1 and worker.last_sync["bytes"] > 0
+    first = rollouts(s)
+    assert {g.policy_version for g in first} <= {0}
+    ids = [g.prompt.prompt_id for g in first]
+    if mode == "abort":  # aborted groups published nothing; their prompts are back on the queue
+        requeued = s.length(streams.PROMPTS)
+        assert requeued >= 1 and len(first) + requeued == 4
+        assert s.pending_count(streams.PROMPTS, "generator") == 0
+        assert run(worker.step()) == requeued
+        run(worker.drain())
+        again = rollouts(s)
+        assert {g.policy_version for g in again} == {1}  # never a mix of versions
+        assert all(len(x.logprobs) == len(x.token_ids) for g in again for x in g.samples)
+        ids += [g.prompt.prompt_id for g in again]
+    assert sorted(ids) == ["p0", "p1", "p2", "p3"]  # each prompt exactly once
+    assert s.pending_count(streams.PROMPTS, "generator") == 0
+
+
+def test_an_abort_update_right_after_admission_does_not_hang(engine, s, tmp_path, tiny_model_dir):
+    # The groups were admitted in the same loop turn as the update: their tasks have not added
+    # their requests to the engine yet. Pausing the engine first would leave them waiting in a
+    # paused engine forever; they must finish (or be requeued) and the new version load.
+    cfg = CFG.model_copy(update={"sync_mode": "abort", "max_tokens": 16})
+    worker = GeneratorWorker(s, engine, "gen-race", cfg, visibility_timeout_s=30)
+    ann = perturbed_version(tiny_model_dir, tmp_path / "w", 1, seed=2)
+    publish_prompts(s, 3, prefix="r")
+
+    async def admit_then_update():
+        admitted = await worker.step()
+        weights.announce(s, ann)
+        return admitted, await worker.maybe_update_weights()
+
+    assert engine.loop.run(admit_then_update(), timeout=120) == (3, True)
+    assert worker.version == 1 and not worker.inflight
+    done = rollouts(s)
+    assert {g.policy_version for g in done} <= {0}
+    assert len(done) + s.length(streams.PROMPTS) == 3  # each prompt published or back on the queue
+    engine.loop.run(worker.step())
+    engine.loop.run(worker.drain())
+    assert sorted(g.prompt.prompt_id for g in done + rollouts(s)) == ["r0", "r1", "r2"]
+
+
+def test_backpressure_stops_admission_while_the_verifier_lags(engine, s):
+    cfg = CFG.model_copy(update={"max_pending_rollouts": 2, "max_tokens": 8,
+                                 "max_prompts_per_batch": 3})
+    worker = GeneratorWorker(s, engine, "gen-bp", cfg, visibility_timeout_s=30, block_ms=100)
+    run = engine.loop.run
+    publish_prompts(s, 5)
+    assert run(worker.step()) == 3  # nothing pending downstream: one read's worth admitted
+    run(worker.drain())
+    assert unconsumed(s, streams.ROLLOUTS, 2) == 3
+    assert run(worker.step()) == 0 and worker.pending_rollouts == 3  # nothing read meanwhile
+    c = streams.Consumer(s, streams.ROLLOUTS, "verifier", "v", RolloutGroup)
+    entries = c.read(2, block_ms=100)
+    assert unconsumed(s, streams.ROLLOUTS, 2) == 3  # read but not acknowledged still counts
+    pipe = s.transaction()
+    c.ack([e.id for e in entries], pipe)
+    pipe.execute()
+    assert unconsumed(s, streams.ROLLOUTS, 2) == 1
+    assert run(worker.step()) == 2
+    run(worker.drain())
+
+
+def test_openai_completions_are_served_by_the_same_engine(engine, tiny_model_dir):
+    ready = {"ready": False}
+    app = service_app("generator", lambda: dict(ready))
+    add_openai_error_handlers(app)
+    port = free_port()
+    server = LoopServer(app, "127.0.0.1", port, engine.loop).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert httpx.get(f"{url}/health").status_code == 503  # engine not mounted yet
+        engine.loop.run(mount_openai(app, engine, "t1-tiny"))
+        ready["ready"] = True
+        assert httpx.get(f"{url}/health").status_code == 200
+        models = httpx.get(f"{url}/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["t1-tiny"]
+        prompt = "Q:12+34\nA:"
+        resp = httpx.post(f"{url}/v1/completions", timeout=60, json={
+            "model": "t1-tiny", "prompt": prompt, "max_tokens": 12, "temperature": 0.0,
+            "echo": True})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["object"] == "text_completion" and body["model"] == "t1-tiny"
+        choice = body["choices"][0]
+        assert choice["text"].startswith(prompt)  # echo: the text continues the prompt ...
+        greedy = engine.generate([prompt], engine.sampling_params(n=1, temperature=0.0,
+                                                                   max_tokens=12, top_p=1.0))
+        assert choice["text"] == prompt + greedy[0].samples[0].text  # ... as the engine would
+        assert choice["finish_reason"] in ("stop", "length")
+        assert body["usage"]["completion_tokens"] == len(greedy[0].samples[0].token_ids)
+        bad = httpx.post(f"{url}/v1/completions", json={"model": "t1-tiny", "prompt": prompt,
+                                                         "max_tokens": -1})
+        assert bad.status_code == 400
+        metrics = httpx.get(f"{url}/metrics", follow_redirects=True).text
+        for name in ("t1_generator_inflight_groups", "t1_generator_tokens_per_second",
+                     "t1_generator_policy_version", "t1_generator_weight_sync_last_seconds"):
+            assert name in metrics
+    finally:
+        server.stop()
+
+
+def test_nccl_transport_refuses_a_cpu_engine_with_a_clear_error(s):
+    cfg = GeneratorConfig(weight_transport="nccl", nccl_master="10.0.0.1:29500", nccl_world_size=2)
+    with pytest.raises(RuntimeError, match="needs vLLM's CUDA build on a GPU"):
+        NcclReceiver(cfg, s)
+    info = nccl_update_info({"params": [{"name": "lm_head.weight", "dtype": "torch.bfloat16",
+                                         "shape": [8, 4]}]})
+    assert info == {"names": ["lm_head.weight"], "dtype_names": ["bfloat16"], "shapes": [[8, 4]]}
+    assert nccl_update_bytes(info) == 64
