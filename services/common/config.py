@@ -61,6 +61,8 @@ class GeneratorConfig(Section):
     samples_per_prompt: int = 8  # K
     temperature: float = 1.2
     top_p: float = 0.95
+    min_p: float = 0.0  # tokens below min_p x the top token's probability are not sampled
+    stop: list[str] = Field(default_factory=list)  # stop strings (not included in the text)
     max_tokens: int = 96
     max_prompts_per_batch: int = 16  # prompts taken from the stream per read
     # Continuous batching: prompt groups in flight in the engine at once (one request, n=K each);

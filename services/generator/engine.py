@@ -127,6 +127,8 @@ class RolloutEngine:
             temperature=self.cfg.temperature if temperature is None else temperature,
             top_p=self.cfg.top_p if top_p is None else top_p,
             max_tokens=max_tokens or self.cfg.max_tokens,
+            min_p=self.cfg.min_p,
+            stop=list(self.cfg.stop) or None,
             logprobs=0,  # only the sampled token's log-prob
             output_kind=RequestOutputKind.FINAL_ONLY,  # one message per group, when it is done
         )

@@ -56,6 +56,21 @@ def test_k_samples_with_behaviour_logprobs_of_the_sampling_distribution(engine, 
     assert torch.allclose(torch.tensor(s.logprobs), ref, atol=1e-4), (torch.tensor(s.logprobs) - ref).abs().max()
 
 
+def test_stop_strings_and_min_p_come_from_the_config(engine):
+    # The random tiny model emits every byte sooner or later; "1" is a stop string it meets.
+    engine.cfg = CFG.model_copy(update={"stop": ["1"], "min_p": 0.05, "max_tokens": 64})
+    try:
+        params = engine.sampling_params()
+        assert params.stop == ["1"] and params.min_p == 0.05
+        groups = engine.generate(["Q:12+34\nA:"] * 4)
+    finally:
+        engine.cfg = CFG
+    samples = [x for g in groups for x in g.samples]
+    assert all("1" not in x.text for x in samples)  # the text ends before the stop string
+    assert any(x.finish_reason == "stop" for x in samples)
+    assert all(len(x.logprobs) == len(x.token_ids) for x in samples)
+
+
 def perturbed_version(src, weights_dir, version, seed):
     def save(path):
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
