@@ -19,15 +19,23 @@ from dataclasses import dataclass
 
 from services.common.config import T1Config
 from services.common.verify_api import VerifyOptions
-from services.trainer.task import AdditionTask, Problem
+from services.trainer.task import Problem, make_task
 
 FORCE_ANSWER = " \\boxed{"
+VALIDATION_OFFSET = 1_000_000
 
 
 def heldout_problems(cfg: T1Config, n: int) -> list[Problem]:
     """Held-out prompts: same task, a separate seed, never seen by SFT or RL."""
-    task = AdditionTask(cfg.task.digits, cfg.task.operands, cfg.task.eval_seed)
+    task = make_task(cfg.task, heldout=True)
     return [task.problem(i) for i in range(n)]
+
+
+def validation_problems(cfg: T1Config, n: int) -> list[Problem]:
+    """Held-out-seed problems far past the evaluation's indices: for choosing when to stop
+    (SFT's plateau) without looking at the problems that are finally reported."""
+    task = make_task(cfg.task, heldout=True)
+    return [task.problem(VALIDATION_OFFSET + i) for i in range(n)]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -99,6 +107,36 @@ class Evaluator:
             correct = sum(v.correct for v in verdicts)
             out[budget] = correct / len(problems)
         return out
+
+
+def greedy_hf(model, tokenizer, prompts: list[str], max_tokens: int,
+              batch: int = 64) -> list[tuple[str, str]]:
+    """(response, finish reason) per prompt, greedy, with transformers' ``generate`` on an
+    in-memory model: no engine start-up, cheap enough to call during SFT to find its plateau."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out_texts = []
+    try:
+        for i in range(0, len(prompts), batch):
+            enc = tokenizer(prompts[i:i + batch], return_tensors="pt", padding=True,
+                            add_special_tokens=False)
+            out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            for row in out[:, enc["input_ids"].shape[1]:]:
+                ended = (row == tokenizer.eos_token_id).nonzero()
+                stop = int(ended[0]) if len(ended) else len(row)
+                out_texts.append((tokenizer.decode(row[:stop], skip_special_tokens=True),
+                                  "stop" if len(ended) else "length"))
+    finally:
+        tokenizer.padding_side = side
+    return out_texts
+
+
+def greedy_accuracy_hf(model, tokenizer, problems: list[Problem], max_tokens: int, scorer) -> float:
+    """Greedy held-out accuracy of an in-memory model (see ``greedy_hf``)."""
+    responses = greedy_hf(model, tokenizer, [p.prompt for p in problems], max_tokens)
+    items = [(text, str(p.answer), "math", VerifyOptions(finish_reason=f))
+             for (text, f), p in zip(responses, problems)]
+    return sum(v.correct for v in scorer.score_batch(items)) / max(len(problems), 1)
 
 
 def plot_scaling(curves: dict[str, dict[int, float]], path) -> None:

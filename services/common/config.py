@@ -47,9 +47,19 @@ class ModelConfig(Section):
 
 
 class TaskConfig(Section):
-    name: Literal["addition"] = "addition"
-    digits: int = 2
+    # The procedural task family (services/trainer/task.py, docs/tasks.md)
+    name: Literal["addition", "fractions", "linear", "mix"] = "addition"
+    digits: int = 2  # addition: digits per operand
     operands: int = 2
+    fraction_max_den: int = 9  # fractions: a/b +- c/d with denominators 2..max, proper numerators
+    linear_max_coef: int = 9  # linear: a x + b = d with 2 <= a <= max
+    linear_max_value: int = 9  # linear: |x| and |b| up to this
+    linear_two_sided: float = Field(0.3, ge=0, le=1)  # linear: share of a x + b = c x + d
+    # mix: relative weight of each family (a family left out, or weighted 0, never appears)
+    mix_weights: dict[Literal["addition", "fractions", "linear"], float] = Field(
+        default_factory=lambda: {"addition": 1.0, "fractions": 1.0, "linear": 1.0})
+    # SFT traces that propose a wrong answer first, fail its check and correct it
+    wrong_first_share: float = Field(0.3, ge=0, le=1)
     seed: int = 1234
     eval_seed: int = 99991  # held-out prompts come from a separate stream
 
@@ -129,6 +139,8 @@ class TrainerConfig(Section):
     max_staleness: int = 1  # admission keeps (max_staleness+1) x groups_per_step in flight
     lr: float = 1e-4
     weight_decay: float = 0.0
+    adam_eps: float = 1e-8  # AdamW epsilon
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs, fp32 on the CPU
     grad_clip: float = 1.0
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.28
@@ -144,10 +156,29 @@ class TrainerConfig(Section):
     keep_size: int | None = None  # M for max_variance
     checkpoint_interval: int = 1  # DeepSpeed checkpoint every N steps (0: never)
     drop_zero_variance: bool = True  # a group whose rewards are all equal carries no signal
-    zero_stage: int = 2
-    sft_steps: int = 0
+    zero_stage: int = 2  # 3 partitions parameters too; they are gathered to publish
+    # ZeRO-3: parameters with at most this many elements stay whole on every rank (DeepSpeed's
+    # default); 0 partitions every one of them
+    zero3_param_persistence_threshold: int = 100_000
+    # Gradient accumulation: micro-batches of whole groups up to this many padded tokens, their
+    # losses weighted so the step equals one pass over the batch (0: the batch in one pass).
+    micro_batch_tokens: int = 0
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
+    tensorboard: bool = True  # step scalars under {run_dir}/tensorboard (rank 0)
+    wandb_project: str | None = None  # also log to W&B when set and `wandb` is installed
+    sft_steps: int = 0  # SFT step budget (the most it runs when a plateau stops it earlier)
+    # Stop SFT at its plateau: greedy accuracy on sft_plateau_problems validation problems
+    # (held-out seed, disjoint from the evaluation's) every N steps (0: run all sft_steps)
+    sft_plateau_every: int = 0
+    sft_plateau_patience: int = 3  # evaluations without a gain of more than min_delta
+    sft_plateau_min_delta: float = 0.01
+    sft_plateau_problems: int = 100
     sft_lr: float = 2e-3
     sft_batch: int = 64
+    # SFT sequence packing: examples concatenated into rows of up to this many tokens, with
+    # attention kept within each example (0: one padded row per example)
+    sft_pack_tokens: int = 0
+    cpus: str = ""  # cores its processes run on: "" (all), "0,2-3", "first-half", "second-half"
     torch_threads: int = 1
 
 

@@ -26,7 +26,7 @@ class Anchor:
 
     @torch.no_grad()
     def rotate(self, policy: torch.nn.Module, policy_version: int) -> None:
-        # ZeRO stages 0-2 keep full parameters on every rank; stage 3 would gather them first.
+        # Under ZeRO-3 the caller gathers the policy's parameters first (dist.full_params).
         policy_params = dict(policy.named_parameters())
         for name, p in self.model.named_parameters():
             src = policy_params[name].detach().to(p.dtype)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from services.trainer import dist
+
 log = logging.getLogger(__name__)
 
 
@@ -43,8 +45,12 @@ class Checkpointer:
         return usable[-1] if usable else None
 
     def save(self, engine, anchor, version: int) -> None:
+        """Collective: every rank writes its DeepSpeed shard; rank 0 then adds the T1 state."""
         t = tag(version)
         engine.save_checkpoint(str(self.root), tag=t, save_latest=False)
+        dist.barrier()  # every shard is on disk before the completion marker says so
+        if not dist.is_main():
+            return
         torch.save(anchor.state_dict(), self.root / t / "anchor.pt")
         state = {"version": version, "anchor_version": anchor.version,
                  "torch_rng": torch.get_rng_state().tolist(), "python_rng": repr(random.getstate())}
@@ -55,6 +61,7 @@ class Checkpointer:
             shutil.rmtree(self.root / tag(old), ignore_errors=True)
 
     def load(self, engine, anchor, version: int) -> dict:
+        """Collective, like save; every rank restores the anchor (each computes anchor log-probs)."""
         t = tag(version)
         path, _ = engine.load_checkpoint(str(self.root), tag=t, load_optimizer_states=True,
                                          load_lr_scheduler_states=True)

@@ -27,6 +27,11 @@ def init_distributed() -> None:
         deepspeed.init_distributed(dist_backend=backend)
 
 
+def bf16(cfg: TrainerConfig) -> bool:
+    """bf16 on GPUs (``precision: auto``), fp32 on the CPU (no fast bf16 kernels there)."""
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
+
+
 def ds_config(cfg: TrainerConfig, lr: float) -> dict:
     return {
         # Batches are shaped by the trainer (one group batch = one step); DeepSpeed's nominal
@@ -34,11 +39,12 @@ def ds_config(cfg: TrainerConfig, lr: float) -> dict:
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": {"stage": cfg.zero_stage,
+                              "stage3_param_persistence_threshold": cfg.zero3_param_persistence_threshold},
         "optimizer": {"type": "AdamW",
-                      "params": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8,
+                      "params": {"lr": lr, "betas": [0.9, 0.999], "eps": cfg.adam_eps,
                                  "weight_decay": cfg.weight_decay}},
-        "bf16": {"enabled": False},
+        "bf16": {"enabled": bf16(cfg)},  # fp32 master weights either way
         "fp16": {"enabled": False},
         "steps_per_print": 10**9,
     }
@@ -48,6 +54,10 @@ def build_engine(model: torch.nn.Module, cfg: TrainerConfig, lr: float):
     import deepspeed
 
     init_distributed()
+    if cfg.gradient_checkpointing:
+        # non-reentrant: works with ZeRO-3's parameter hooks and inputs that need no grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     engine, _opt, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                               config=ds_config(cfg, lr))
     return engine

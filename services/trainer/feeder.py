@@ -12,11 +12,11 @@ from __future__ import annotations
 from services.common import streams
 from services.common.ledger import Ledger
 from services.common.schemas import Prompt
-from services.trainer.task import AdditionTask
+from services.trainer.task import Task
 
 
 class Feeder:
-    def __init__(self, s: streams.Streams, ledger: Ledger, task: AdditionTask,
+    def __init__(self, s: streams.Streams, ledger: Ledger, task: Task,
                  max_in_flight: int) -> None:
         self.s = s
         self.ledger = ledger

@@ -5,6 +5,10 @@ take one DeepSpeed step on the T1 loss, write + announce the new version, and --
 transaction -- mark the groups trained and acknowledge them. A crash anywhere before that
 transaction leaves the groups pending, to be re-read after restart; the trainer resumes from the
 newest announced version (weights) and the Redis-held cursor and ledger.
+
+Data parallel (WORLD_SIZE > 1): rank 0 alone reads and writes Redis and broadcasts each admitted
+batch; whole groups are sharded over the ranks and may be split further into micro-batches
+(gradient accumulation); the loss stays the token-level mean over the global batch.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from services.common.config import T1Config
 from services.common.ledger import Ledger
 from services.common.logs import event
 from services.common.schemas import ScoredGroup, WeightAnnouncement
+from services.trainer import dist
 from services.trainer.anchor import Anchor
 from services.trainer.checkpoint import Checkpointer
 from services.trainer.feeder import Feeder
@@ -37,7 +42,8 @@ from services.trainer.objective import (
     t1_policy_loss,
     token_logprobs_and_entropy,
 )
-from services.trainer.task import AdditionTask
+from services.trainer.step_log import StepLogger
+from services.trainer.task import make_task
 
 log = logging.getLogger(__name__)
 GROUP = "trainer"
@@ -98,25 +104,48 @@ def build_tensors(groups: list[ScoredGroup], pad_id: int) -> dict[str, torch.Ten
             "rewards": [torch.tensor(r, dtype=torch.float32) for r in rewards]}  # per group: [K_g]
 
 
+@dataclass
+class MicroOut:
+    loss: torch.Tensor  # token-level mean over this micro-batch, with grad
+    stats: dict[str, float]
+    advantages: list[float]
+    seq_kl: list[float]
+    n_tokens: int
+
+
+def response_tokens(groups: list[ScoredGroup]) -> int:
+    return sum(len(x.token_ids) for g in groups for x in g.rollout.samples)
+
+
 class RLTrainer:
-    def __init__(self, cfg: T1Config, s: streams.Streams, name: str = "trainer-0") -> None:
+    """One per rank. Rank 0 admits groups and owns every Redis write; all ranks train."""
+
+    def __init__(self, cfg: T1Config, s: streams.Streams | None, name: str = "trainer-0") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from services.trainer.ds_engine import build_engine
+        from services.trainer.ds_engine import build_engine, init_distributed
 
+        init_distributed()
+        self.main = dist.is_main()
+        if cfg.trainer.groups_per_step < dist.world_size():  # groups are sharded whole
+            raise ValueError(f"trainer.groups_per_step={cfg.trainer.groups_per_step} < "
+                             f"world size {dist.world_size()}")
         self.cfg = cfg
         self.tc = cfg.trainer
-        self.s = s
-        self.ledger = Ledger(s)
-        self.consumer = streams.Consumer(s, streams.SCORED, GROUP, name, ScoredGroup,
-                                         cfg.redis.visibility_timeout_s, cfg.redis.block_ms)
-        latest = weights.latest(s)
-        committed = latest.version if latest else 0
+        self.s = s if self.main else None  # other ranks never touch Redis
         self.checkpoints = Checkpointer(Path(cfg.run_dir) / "checkpoints")
-        resume_from = self.checkpoints.best_for(committed)
-        # Resume: the newest committed version's weights (the base model for a new run); its
-        # checkpoint, when there is one, brings back optimizer, anchor and RNG too.
-        start = latest.uri if latest else cfg.model.path
+        committed, start, resume_from = 0, cfg.model.path, None
+        if self.main:
+            self.ledger = Ledger(s)
+            self.consumer = streams.Consumer(s, streams.SCORED, GROUP, name, ScoredGroup,
+                                             cfg.redis.visibility_timeout_s, cfg.redis.block_ms)
+            latest = weights.latest(s)
+            committed = latest.version if latest else 0
+            resume_from = self.checkpoints.best_for(committed)
+            # Resume: the newest committed version's weights (the base model for a new run); its
+            # checkpoint, when there is one, brings back optimizer, anchor and RNG too.
+            start = latest.uri if latest else cfg.model.path
+        committed, start, resume_from = dist.broadcast((committed, start, resume_from))
         self.version = committed
         self.tokenizer_src = Path(cfg.model.path)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
@@ -128,20 +157,27 @@ class RLTrainer:
                              version=committed)
         self.engine = build_engine(model, self.tc, self.tc.lr)
         if resume_from is not None and resume_from == committed and committed > 0:
-            self.checkpoints.load(self.engine, self.anchor, resume_from)
+            self.checkpoints.load(self.engine, self.anchor, resume_from)  # collective
         elif committed > 0:
             log.warning("no checkpoint for committed v%d (newest usable: %s): weights from the "
                         "announcement, fresh optimizer state, anchor = policy", committed, resume_from)
-        task = AdditionTask(cfg.task.digits, cfg.task.operands, cfg.task.seed)
-        self.feeder = Feeder(s, self.ledger, task,
-                             (self.tc.max_staleness + 1) * self.tc.groups_per_step)
         self.batch = Batch()
         self.stop_event = threading.Event()
-        self.steps_key = s.key("trainer:steps")
-        VERSION.set(self.version)
-        event(log, "trainer ready", version=self.version, start=str(start))
+        self.stopped = False  # the stop as rank 0 broadcast it: every rank leaves the loop together
+        self.step_log = None
+        if self.main:
+            task = make_task(cfg.task)
+            self.feeder = Feeder(s, self.ledger, task,
+                                 (self.tc.max_staleness + 1) * self.tc.groups_per_step)
+            self.steps_key = s.key("trainer:steps")
+            if self.tc.tensorboard or self.tc.wandb_project:
+                self.step_log = StepLogger(Path(cfg.run_dir), self.tc.tensorboard,
+                                           self.tc.wandb_project, cfg.model_dump(mode="json"))
+            VERSION.set(self.version)
+        event(log, "trainer ready", version=self.version, start=str(start), rank=dist.rank(),
+              world_size=dist.world_size())
 
-    # -- admission of scored groups ---------------------------------------------------------
+    # -- admission of scored groups (rank 0) --------------------------------------------------
     def _drop(self, entry_id: str, prompt_id: str, reason: str) -> None:
         pipe = self.s.transaction()
         self.ledger.mark_dropped(pipe, prompt_id, reason)
@@ -152,6 +188,8 @@ class RLTrainer:
     def admit(self, entry: streams.Entry) -> None:
         g: ScoredGroup = entry.msg
         pid = g.rollout.prompt.prompt_id
+        if entry.id in self.batch.entry_ids:
+            return  # re-read after a failed iteration: already in the batch, still pending
         status = self.ledger.status(pid)
         if status is None:
             self.consumer.dead_letter(entry.id, f"unknown prompt id {pid}")
@@ -179,63 +217,102 @@ class RLTrainer:
             self.batch.groups.append(subset(g, keep))
             self.batch.offered += len(rewards)
 
-    # -- one optimizer step -----------------------------------------------------------------
-    def train_step(self) -> dict:
-        t0 = time.monotonic()
+    # -- the loss on one micro-batch of whole groups ------------------------------------------
+    def _micro(self, groups: list[ScoredGroup], temperature: float) -> MicroOut:
         tc = self.tc
-        groups = self.batch.groups
         batch = build_tensors(groups, self.pad_id)
         mask = batch["response_mask"]
-        temperature = groups[0].rollout.temperature
-        self.engine.train()
         out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         idx = batch["positions"].unsqueeze(-1).expand(-1, -1, out.logits.shape[-1])
         logits = out.logits.gather(1, idx)
-
         anchor_logp = None
+        seq_kl = torch.zeros(mask.shape[0])
         if tc.kl_mode != "none":
             anchor_logits = self.anchor.forward_logits(batch["input_ids"], batch["attention_mask"])
             anchor_logp, _ = token_logprobs_and_entropy(anchor_logits.gather(1, idx),
                                                         batch["response_ids"], temperature)
-        rewards = batch["rewards"]
-        seq_kl = torch.zeros(mask.shape[0])
-        if anchor_logp is not None:
             with torch.no_grad():
                 logp_now, _ = token_logprobs_and_entropy(logits.detach(), batch["response_ids"], temperature)
                 seq_kl = (kl_k1(logp_now, anchor_logp) * mask).sum(-1)
         # RLOO per group (groups may keep different numbers of samples); with kl_mode=reward the
         # KL is folded into each sample's reward first and centred with it (T1).
         advantages, offset = [], 0
-        for r in rewards:
+        for r in batch["rewards"]:
             k = len(r)
             shaped = kl_shaped_rewards(r, seq_kl[offset:offset + k], tc.kl_coef) if tc.kl_mode == "reward" else r
             advantages.append(rloo_advantages(shaped.unsqueeze(0)).squeeze(0))
             offset += k
         advantages = torch.cat(advantages)
-
         loss, stats = t1_policy_loss(
             LossInputs(logits, batch["response_ids"], mask, batch["behaviour_logp"], advantages,
                        anchor_logp),
             temperature, tc.clip_eps_low, tc.clip_eps_high, tc.entropy_coef,
             kl_loss_coef=tc.kl_coef if tc.kl_mode == "loss" else 0.0)
-        self.engine.backward(loss)
+        return MicroOut(loss, stats, advantages.tolist(), seq_kl.tolist(), int(mask.sum().item()))
+
+    def _forward_backward(self, groups: list[ScoredGroup]) -> dict:
+        """Every micro-batch of this rank's shard through forward/backward; global statistics.
+
+        Each micro-batch's token mean is weighted by its share of the GLOBAL token count, times
+        the world size because DeepSpeed averages gradients over ranks: the sum is then exactly
+        the token-level mean over the whole batch, however it was split."""
+        world = dist.world_size()
+        temperature = groups[0].rollout.temperature
+        mine = dist.shard(groups, world)[dist.rank()]
+        mbs = dist.micro_batches(mine, self.tc.micro_batch_tokens)
+        total = response_tokens(groups)
+        # ZeRO-3 gathers parameters inside forward (a collective): every rank runs as many
+        # passes; a rank with fewer micro-batches repeats its last one with weight 0.
+        n_passes = int(dist.all_reduce(torch.tensor(len(mbs)), torch.distributed.ReduceOp.MAX).item())
+        sums: dict[str, float] = {}
+        is_max, advs, kls = 0.0, [], []
+        self.engine.train()
+        for i in range(n_passes):
+            real = i < len(mbs)
+            # only the last pass is DeepSpeed's accumulation boundary: no early reduce/step
+            self.engine.set_gradient_accumulation_boundary(i == n_passes - 1)
+            out = self._micro(mbs[min(i, len(mbs) - 1)], temperature)
+            weight = out.n_tokens / max(total, 1) if real else 0.0
+            self.engine.backward(out.loss * (weight * world), scale_wrt_gas=False)
+            if not real:
+                continue
+            for k, v in {"loss": out.loss.item(), **out.stats}.items():
+                if k != "is_weight_max":
+                    sums[k] = sums.get(k, 0.0) + v * out.n_tokens
+            is_max = max(is_max, out.stats["is_weight_max"])
+            advs += out.advantages
+            kls += out.seq_kl
+        keys = sorted(sums)
+        summed = dist.all_reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+        stats = {k: v / max(total, 1) for k, v in zip(keys, summed.tolist())}
+        stats["is_weight_max"] = dist.all_reduce(torch.tensor(is_max), torch.distributed.ReduceOp.MAX).item()
+        return {**stats, "advantages": torch.tensor(dist.all_gather_lists(advs)),
+                "seq_kl": torch.tensor(dist.all_gather_lists(kls)), "tokens": total,
+                "micro_batches": n_passes}
+
+    # -- one optimizer step (every rank) --------------------------------------------------------
+    def train_step(self) -> dict:
+        t0 = time.monotonic()
+        tc = self.tc
+        groups = self.batch.groups
+        fb = self._forward_backward(groups)
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
         compute_s = time.monotonic() - t0
 
         new_version = self.version + 1
-        rotated = self.anchor.maybe_rotate(self.engine.module, new_version)
-        path, digest = weights.write_version(self.cfg.weights_dir, new_version,
-                                             self._save_model, self.tokenizer_src)
+        with dist.full_params(self.engine):  # ZeRO-3: the anchor and the published files need it all
+            rotated = self.anchor.maybe_rotate(self.engine.module, new_version)
+            if self.main:
+                path, digest = weights.write_version(self.cfg.weights_dir, new_version,
+                                                     self._save_model, self.tokenizer_src)
         if tc.checkpoint_interval and new_version % tc.checkpoint_interval == 0:
-            self.checkpoints.save(self.engine, self.anchor, new_version)
-        ann = WeightAnnouncement(version=new_version, uri=str(path.resolve()), sha256=digest,
-                                 step=new_version)
+            self.checkpoints.save(self.engine, self.anchor, new_version)  # collective
         verdicts = [v for g in groups for v in g.verdicts]
-        all_rewards = torch.cat(rewards)
-        n_tokens = int(mask.sum().item())
+        all_rewards = torch.tensor([v.reward for v in verdicts])
+        advantages, seq_kl, n_tokens = fb.pop("advantages"), fb.pop("seq_kl"), fb.pop("tokens")
         record = {
-            "step": new_version, "loss": loss.item(), **stats,
+            "step": new_version, **fb,
             "reward_mean": all_rewards.mean().item(),
             **{f"reward_{c}": sum(v.components.get(c, 0.0) for v in verdicts) / len(verdicts)
                for c in ("correct", "truncated", "repetitive", "garbled")},
@@ -246,45 +323,72 @@ class RLTrainer:
             "anchor_version": self.anchor.version, "anchor_rotated": rotated,
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "kept_fraction": len(verdicts) / max(self.batch.offered, 1),
-            "response_len": mask.sum(1).mean().item(), "tokens": n_tokens,
+            "response_len": n_tokens / len(verdicts), "tokens": n_tokens,
             "tokens_per_s": n_tokens / max(compute_s, 1e-9),
             "staleness_mean": sum(self.version - g.rollout.policy_version for g in groups) / len(groups),
             "min_group_version": min(g.rollout.policy_version for g in groups),
             "compute_s": compute_s, "publish_s": time.monotonic() - t0 - compute_s,
-            "time": time.time(),
+            "time": time.time(), "world_size": dist.world_size(),
         }
+        if self.main:
+            self._commit(record, WeightAnnouncement(version=new_version, uri=str(path.resolve()),
+                                                    sha256=digest, step=new_version))
+        self.version = new_version
+        self.batch = Batch()
+        return record
+
+    def _commit(self, record: dict, ann: WeightAnnouncement) -> None:
         pipe = self.s.transaction()
         weights.announce(self.s, ann, pipe)
-        for g in groups:
-            self.ledger.mark_trained(pipe, g.rollout.prompt.prompt_id, new_version, g.rollout.policy_version)
+        for g in self.batch.groups:
+            self.ledger.mark_trained(pipe, g.rollout.prompt.prompt_id, ann.version, g.rollout.policy_version)
         self.consumer.ack(self.batch.entry_ids, pipe)
         pipe.rpush(self.steps_key, json.dumps(record))
         pipe.execute()  # the commit point of the step
-        self.version = new_version
-        self.batch = Batch()
         STEPS.inc()
-        VERSION.set(self.version)
+        VERSION.set(ann.version)
         REWARD.set(record["reward_mean"])
+        if self.step_log is not None:
+            self.step_log.log(record)
         event(log, "rl step", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
-        return record
 
     def _save_model(self, path: Path) -> None:
-        # ZeRO stages 0-2 keep full parameters on every rank; stage 3 would need a gather here.
+        # Called inside full_params: under ZeRO-3 the module holds the gathered parameters.
         self.engine.module.save_pretrained(path, safe_serialization=True)
 
     # -- the loop -----------------------------------------------------------------------------
     def run_once(self) -> dict | None:
-        """Admit what the pipeline has room for, read scored groups, step when a batch is full."""
-        self.feeder.top_up(self.version)
-        need = self.tc.groups_per_step - len(self.batch.groups)
-        for entry in self.consumer.read(need):
-            self.admit(entry)
+        """Admit what the pipeline has room for, read scored groups, step when a batch is full.
+        Rank 0 decides; the other ranks receive its decision and the batch."""
+        if self.main:
+            self.feeder.top_up(self.version)
+            need = self.tc.groups_per_step - len(self.batch.groups)
+            for entry in self.consumer.read(need):
+                self.admit(entry)
+        if dist.world_size() > 1:
+            full = len(self.batch.groups) >= self.tc.groups_per_step
+            blob = msgspec.msgpack.encode(self.batch.groups) if self.main and full else None
+            stop, blob, offered = dist.broadcast((self.stop_event.is_set(), blob, self.batch.offered))
+            self.stopped = stop
+            if stop:
+                return None  # the unfinished batch stays pending in Redis for the restart
+            if not self.main and blob is not None:
+                self.batch = Batch(groups=msgspec.msgpack.decode(blob, type=list[ScoredGroup]),
+                                   offered=offered)
         if len(self.batch.groups) >= self.tc.groups_per_step:
             return self.train_step()
         return None
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the loop should end: in a multi-rank run only the broadcast stop counts, so
+        that no rank leaves while the others wait in a collective."""
+        return self.stopped if dist.world_size() > 1 else self.stop_event.is_set()
+
     def finish(self) -> None:
         """Close the run's books: whatever is still in flight is dropped as ``run_ended``."""
+        if not self.main:
+            return
         pipe = self.s.transaction()
         for entry_id, g in zip(self.batch.entry_ids, self.batch.groups):
             self.ledger.mark_dropped(pipe, g.rollout.prompt.prompt_id, "run_ended")
@@ -296,4 +400,6 @@ class RLTrainer:
         pipe.set(self.s.key("trainer:finished"), self.version)
         pipe.execute()
         self.batch = Batch()
+        if self.step_log is not None:
+            self.step_log.close()
         event(log, "run finished", version=self.version, **self.ledger.counts())

@@ -13,6 +13,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,12 +21,13 @@ import torch
 from services.common.config import T1Config
 from services.common.logs import event
 from services.common.weights import copy_tokenizer_files
-from services.trainer.task import AdditionTask
+from services.trainer.dist import barrier, broadcast, full_params, is_main
+from services.trainer.task import Task, make_task
 
 log = logging.getLogger(__name__)
 
 
-def build_sft_examples(task: AdditionTask, num_examples: int, seed: int) -> list[tuple[str, str]]:
+def build_sft_examples(task: Task, num_examples: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     # Indices from the far end of the prompt space so SFT and RL prompts do not overlap.
     base = 10**9
@@ -95,11 +97,76 @@ def encode_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Ten
     return {"input_ids": ids, "labels": lab, "attention_mask": att}
 
 
+def encode_packed(tokenizer, pairs: list[tuple[str, str]], row_tokens: int) -> dict[str, torch.Tensor]:
+    """Several examples per row, up to ``row_tokens`` tokens (an example longer than that gets
+    a row of its own): no padding wasted on short examples.
+
+    ``position_ids`` restart at 0 for every example and no attention mask is passed: from that
+    transformers builds a block-diagonal causal mask, so attention never crosses examples. Each
+    example's first label is -100: it would be predicted from the previous example's last token.
+    """
+    one = encode_batch(tokenizer, pairs)
+    lengths = one["attention_mask"].sum(1).tolist()
+    rows: list[list[int]] = []  # example indices per row, first fit in order
+    fill: list[int] = []
+    for i, n in enumerate(lengths):
+        for r, used in enumerate(fill):
+            if used + n <= row_tokens:
+                rows[r].append(i)
+                fill[r] += n
+                break
+        else:
+            rows.append([i])
+            fill.append(n)
+    width = max(fill)
+    eos = tokenizer.eos_token_id
+    ids = torch.full((len(rows), width), eos, dtype=torch.long)
+    lab = torch.full((len(rows), width), -100, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            n = lengths[i]
+            ids[r, at:at + n] = one["input_ids"][i, :n]
+            lab[r, at:at + n] = one["labels"][i, :n]
+            lab[r, at] = -100
+            pos[r, at:at + n] = torch.arange(n)
+            at += n
+        pos[r, at:] = torch.arange(width - at)  # the padding tail: a segment of its own
+    return {"input_ids": ids, "labels": lab, "position_ids": pos}
+
+
+@dataclass
+class Plateau:
+    """Stop SFT once held-out accuracy stops rising: every ``every`` steps ``evaluate`` scores
+    the model, and training ends when the last ``patience`` scores add no more than
+    ``min_delta`` to the best before them (T1 trains SFT to convergence before RL)."""
+
+    evaluate: Callable[[torch.nn.Module], float]
+    every: int = 50
+    patience: int = 3
+    min_delta: float = 0.01
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+    def reached(self, step: int, model: torch.nn.Module) -> bool:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            self.history.append((step, self.evaluate(model)))
+        model.train(was_training)
+        scores = [s for _, s in self.history]
+        if len(scores) <= self.patience:
+            return False
+        return max(scores[-self.patience:]) <= max(scores[:-self.patience]) + self.min_delta
+
+
 def run_sft(cfg: T1Config, src: Path, dst: Path, num_examples: int = 2000,
             progress: Callable[[int, float], None] | None = None,
-            data: list[tuple[str, str]] | None = None) -> Path:
-    """Train ``src`` for ``cfg.trainer.sft_steps`` on ``data`` (prompt, response) pairs -- by
-    default ``num_examples`` synthesized traces of the configured task; save to ``dst``."""
+            data: list[tuple[str, str]] | None = None, plateau: Plateau | None = None,
+            steps: int | None = None) -> Path:
+    """Train ``src`` for ``steps`` (default ``cfg.trainer.sft_steps``) on ``data`` (prompt,
+    response) pairs -- by default ``num_examples`` synthesized traces of the configured task --
+    or until ``plateau`` is reached, whichever comes first; save to ``dst``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from services.trainer.ds_engine import build_engine
@@ -110,24 +177,38 @@ def run_sft(cfg: T1Config, src: Path, dst: Path, num_examples: int = 2000,
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     engine = build_engine(model, tc, tc.sft_lr)
     if data is None:
-        task = AdditionTask(cfg.task.digits, cfg.task.operands, cfg.task.seed)
+        task = make_task(cfg.task)
         data = build_sft_examples(task, num_examples, cfg.task.seed)
     rng = random.Random(cfg.task.seed)
     t0 = time.monotonic()
-    for step in range(1, tc.sft_steps + 1):
-        batch = encode_batch(tokenizer, rng.sample(data, min(tc.sft_batch, len(data))))
-        loss = engine(**batch).loss
+    steps = tc.sft_steps if steps is None else steps
+    for step in range(1, steps + 1):
+        pairs = rng.sample(data, min(tc.sft_batch, len(data)))
+        if tc.sft_pack_tokens:
+            batch = encode_packed(tokenizer, pairs, tc.sft_pack_tokens)
+            loss = engine(**batch, use_cache=False).loss  # a cache would disable the packed mask
+        else:
+            loss = engine(**encode_batch(tokenizer, pairs)).loss
         engine.backward(loss)
         engine.step()
         if progress:
             progress(step, loss.item())
-        if step % 50 == 0 or step == tc.sft_steps:
+        if step % 50 == 0 or step == steps:
             event(log, "sft step", step=step, loss=round(loss.item(), 4),
                   seconds=round(time.monotonic() - t0, 1))
-    tmp = dst.with_name(dst.name + ".tmp")
-    engine.module.save_pretrained(tmp, safe_serialization=True)
-    copy_tokenizer_files(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+        if plateau is not None and step % plateau.every == 0:
+            with full_params(engine):
+                done = plateau.reached(step, engine.module) if is_main() else None
+            if broadcast(done):  # every rank stops at the same step
+                event(log, "sft plateau", step=step, history=plateau.history)
+                break
+    with full_params(engine):  # ZeRO-3 keeps only partitions in the module
+        if is_main():
+            tmp = dst.with_name(dst.name + ".tmp")
+            engine.module.save_pretrained(tmp, safe_serialization=True)
+            copy_tokenizer_files(src, tmp)
+            if dst.exists():
+                shutil.rmtree(dst)
+            tmp.rename(dst)
+    barrier()
     return dst

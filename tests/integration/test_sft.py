@@ -63,3 +63,43 @@ def test_sft_from_jsonl_lowers_the_loss_and_saves_a_loadable_model(tmp_path, mak
     assert not torch.equal(tuned.model.embed_tokens.weight, base.model.embed_tokens.weight)
     tok = AutoTokenizer.from_pretrained(out)  # the tokenizer travels with the model
     assert tok.decode(tok("Q:3+3\nA:", add_special_tokens=False)["input_ids"]) == "Q:3+3\nA:"
+
+
+def test_plateau_rule():
+    from services.trainer.sft import Plateau
+
+    scores = iter([0.1, 0.3, 0.5, 0.50, 0.505, 0.51, 0.9])
+    p = Plateau(evaluate=lambda _m: next(scores), every=10, patience=3, min_delta=0.01)
+    model = torch.nn.Linear(1, 1)
+    stops = [p.reached(step, model) for step in (10, 20, 30, 40, 50, 60)]
+    # at 60 the last three (0.50, 0.505, 0.51) add only 0.01 to the best before them (0.5)
+    assert stops == [False, False, False, False, False, True]
+    assert model.training  # evaluation left the model in the mode it found it
+
+
+def test_sft_stops_at_the_plateau_and_the_greedy_evaluator_batches_exactly(tmp_path, make_config,
+                                                                          tiny_model_dir):
+    from services.common.config import load_config
+    from services.evaluation import greedy_accuracy_hf, greedy_hf, heldout_problems
+    from services.trainer.sft import Plateau
+    from services.verifier.scoring import Scorer
+
+    cfg = make_config("trainer.sft_steps=400", "trainer.sft_batch=16", "trainer.sft_lr=3e-3",
+                      "task.digits=1")
+    problems = heldout_problems(cfg, 24)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    scorer = Scorer(load_config("quick", environ={}).verifier)
+    try:
+        plateau = Plateau(lambda m: greedy_accuracy_hf(m, tok, problems, 24, scorer), every=20,
+                          patience=2, min_delta=1.0)  # nothing can add a whole point: stop at 60
+        out = run_sft(cfg, tiny_model_dir, tmp_path / "sft", plateau=plateau)
+        assert [step for step, _ in plateau.history] == [20, 40, 60]
+        model = AutoModelForCausalLM.from_pretrained(out)
+        prompts = [p.prompt for p in problems]
+        batched = greedy_hf(model, tok, prompts, 24, batch=24)
+        assert batched == [greedy_hf(model, tok, [p], 24)[0] for p in prompts]  # left padding changes nothing
+        assert len({text for text, _ in batched}) > 1  # not one degenerate output for everything
+        # the saved model is the one scored last
+        assert greedy_accuracy_hf(model, tok, problems, 24, scorer) == pytest.approx(plateau.history[-1][1])
+    finally:
+        scorer.close()
