@@ -199,6 +199,70 @@ def sft(data: Annotated[str, typer.Option(help="jsonl: prompt/response, problem/
     console.print(f"saved {out}")
 
 
+@app.command()
+def synthesize(data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.parquet file or a datasets "
+                                                    "directory (MATH, GSM8K or prompt/gold records)")],
+               endpoints: Annotated[list[str], typer.Option("--endpoint", help="OpenAI-compatible base "
+                                                            "URL; repeat to spread the load")],
+               out: Annotated[str, typer.Option(help="jsonl of prompt/response traces (for `t1 sft`)")],
+               attempts: Annotated[int, typer.Option(min=1, help="samples per problem")] = 4,
+               verifier_url: Annotated[Optional[str], typer.Option(
+                   help="verifier REST service (default: the scorer in this process)")] = None,
+               verifier_token: Annotated[Optional[str], typer.Option(envvar="T1_VERIFIER_TOKEN")] = None,
+               limit: Annotated[Optional[int], typer.Option(min=0, help="first N problems only")] = None,
+               split: Annotated[Optional[str], typer.Option(help="split of a datasets directory")] = None,
+               model: Annotated[Optional[str], typer.Option(help="model name in the API (default: "
+                                                                 "the one the first endpoint serves)")] = None,
+               max_tokens: Annotated[int, typer.Option(min=1, help="tokens per attempt")] = 256,
+               critique_tokens: Annotated[int, typer.Option(min=1)] = 128,
+               temperature: float = 0.8,
+               rewrite: Annotated[str, typer.Option(help="template, or llm (falls back to the "
+                                                         "template when the rewrite does not verify)")] = "template",
+               seed: int = 0, config: ConfigOpt = "tiny", set: SetOpt = None) -> None:
+    """Trial-and-error CoT traces from LLM attempts, critiques and verifier verdicts (T1 SFT data)."""
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from services.common.logs import setup_logging
+    from services.common.verifier_client import VerifierError
+    from services.data.loaders import load_problems
+    from services.data.synthesize import EndpointError, SynthesisConfig
+    from services.data.synthesize import synthesize as run
+
+    setup_logging("synthesize", "WARNING")
+    cfg = _load(config, set)
+    if rewrite not in ("template", "llm"):
+        console.print(f"[red]--rewrite must be template or llm[/red], not {rewrite!r}")
+        raise typer.Exit(2)
+    try:
+        problems = load_problems(data, split, limit)
+    except (OSError, ValueError, ImportError) as exc:
+        console.print(f"[red]bad data:[/red] {exc}")
+        raise typer.Exit(2) from None
+    scfg = SynthesisConfig(attempts=attempts, model=model, max_tokens=max_tokens,
+                           critique_tokens=critique_tokens, temperature=temperature, rewrite=rewrite, seed=seed)
+    progress = Progress(TextColumn("synthesizing"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("kept {task.fields[kept]}"), TimeElapsedColumn(), console=console)
+    bar = progress.add_task("", total=len(problems), kept=0)
+    kept = [0]
+
+    def advance(record: dict | None) -> None:
+        kept[0] += record is not None
+        progress.update(bar, advance=1, kept=kept[0])
+
+    try:
+        with progress:
+            stats = asyncio.run(run(problems, endpoints, out, scfg, verifier_url, verifier_token,
+                                    cfg.verifier, advance))
+    except (EndpointError, VerifierError) as exc:
+        console.print(f"[red]synthesis stopped:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"kept {stats.kept}/{stats.problems} problems ({stats.correct_attempts}/{stats.attempts} "
+                  f"attempts correct, {stats.no_correct_attempt} with none, {stats.trace_rejected} traces "
+                  f"rejected, {stats.llm_rewrites} LLM rewrites) in {stats.seconds:.1f}s -> {out}")
+
+
 @app.command("eval")
 def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model dir; repeat to compare "
                                                                   "checkpoints of one run")],

@@ -1,0 +1,1 @@
+"""Datasets for RL prompts and evaluation, and LLM trial-and-error CoT synthesis for SFT."""
