@@ -147,6 +147,35 @@ def demo(quick: Annotated[bool, typer.Option(help="smallest preset, for a smoke 
     console.print(f"[green]demo finished in {time.monotonic() - t0:.0f}s[/green]; report: {report}")
 
 
+@app.command()
+def ablate(model: Annotated[Optional[str], typer.Option(
+               help="SFT model every variant starts from (default: the demo's {run_dir}/model/sft)")] = None,
+           variants: Annotated[Optional[list[str]], typer.Option(
+               "--variant", help="run only these (names as in the table, e.g. 'K=4'); repeat")] = None,
+           out: Annotated[str, typer.Option(help="where ablate.md/.json/.png and the runs go")] = "runs/ablate",
+           config: ConfigOpt = "tiny", set: SetOpt = None) -> None:
+    """The same RL budget with the entropy bonus off, a fixed anchor, and K=4; tabulated."""
+    from services.ablate import VARIANTS, run_ablation
+    from services.common.logs import setup_logging
+
+    setup_logging("ablate", "WARNING")
+    _quiet_libraries()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    cfg = _load(config, set)
+    start = Path(model) if model else Path(cfg.run_dir) / "model" / "sft"
+    if not (start / "config.json").exists():
+        console.print(f"[red]no model at {start}[/red]: run `t1 demo` first or pass --model")
+        raise typer.Exit(2)
+    unknown = [v for v in variants or [] if v not in VARIANTS]
+    if unknown:
+        console.print(f"[red]unknown variant(s) {unknown}[/red]; known: {list(VARIANTS)}")
+        raise typer.Exit(2)
+    chosen = {name: VARIANTS[name] for name in (variants or VARIANTS)}
+    t0 = time.monotonic()
+    report = run_ablation(cfg, start, Path(out), console, chosen)
+    console.print(f"[green]ablation finished in {time.monotonic() - t0:.0f}s[/green]; table: {report}")
+
+
 @app.command("init-model")
 def init_model(config: ConfigOpt = "tiny", set: SetOpt = None,
                tiny: Annotated[bool, typer.Option(

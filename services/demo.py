@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -62,34 +63,66 @@ def rl_progress(stack: Stack, console: Console, timeout_s: float = 3600) -> list
     return [json.loads(x) for x in s.r.lrange(key, 0, -1)]
 
 
-def run_demo(cfg: T1Config, console: Console) -> Path:
-    from services.trainer.sft import run_sft
+def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
+              steps: int | None = None, plateau: bool = True) -> dict:
+    """SFT with a progress bar; with ``trainer.sft_plateau_every`` it stops at the plateau of
+    greedy accuracy on validation problems. Returns losses, seconds, steps and that history."""
+    from transformers import AutoTokenizer
 
+    from services.evaluation import greedy_accuracy_hf, validation_problems
+    from services.trainer.sft import Plateau, run_sft
+    from services.verifier.scoring import Scorer
+
+    tc = cfg.trainer
+    steps = tc.sft_steps if steps is None else steps
+    losses: list[float] = []
+    scorer = watch = None
+    if plateau and tc.sft_plateau_every:
+        scorer = Scorer(cfg.verifier)
+        tok = AutoTokenizer.from_pretrained(src)
+        problems = validation_problems(cfg, tc.sft_plateau_problems)
+        watch = Plateau(lambda m: greedy_accuracy_hf(m, tok, problems, cfg.generator.max_tokens, scorer),
+                        tc.sft_plateau_every, tc.sft_plateau_patience, tc.sft_plateau_min_delta)
+    try:
+        with _progress(console) as bar:
+            task = bar.add_task(label, total=steps, info="")
+
+            def on_step(step: int, loss: float) -> None:
+                losses.append(loss)
+                val = f", val acc {watch.history[-1][1]:.3f}" if watch and watch.history else ""
+                bar.update(task, completed=step, info=f"loss {loss:.3f}{val}")
+                if not console.is_terminal and (step % 50 == 0 or step == steps):
+                    console.print(f"{label} {step}/{steps} loss {loss:.3f}{val}")
+
+            t0 = time.monotonic()
+            run_sft(cfg, src, dst, progress=on_step, plateau=watch, steps=steps)
+            seconds = time.monotonic() - t0
+    finally:
+        if scorer is not None:
+            scorer.close()
+    return {"losses": losses, "seconds": seconds, "steps": len(losses),
+            "plateau": watch.history if watch else []}
+
+
+def run_demo(cfg: T1Config, console: Console) -> Path:
     run_dir = Path(cfg.run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a demo is a fresh run: old ledgers and weights would resume it
     base = prepare_model(cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"path": str(run_dir / "model" / "base")})}))
     sft_dir = run_dir / "model" / "sft"
+    stages = 5 if cfg.equal_compute_sft else 4
 
-    console.print(f"[bold]1/3 SFT[/bold] {cfg.trainer.sft_steps} steps on synthesized CoT")
-    sft_losses: list[float] = []
-    with _progress(console) as bar:
-        task = bar.add_task("SFT steps", total=cfg.trainer.sft_steps, info="")
-
-        def on_step(step: int, loss: float) -> None:
-            sft_losses.append(loss)
-            bar.update(task, completed=step, info=f"loss {loss:.3f}")
-            if not console.is_terminal and (step % 50 == 0 or step == cfg.trainer.sft_steps):
-                console.print(f"SFT step {step}/{cfg.trainer.sft_steps} loss {loss:.3f}")
-
-        t0 = time.monotonic()
-        run_sft(cfg, base, sft_dir, progress=on_step)
-        sft_seconds = time.monotonic() - t0
+    tc = cfg.trainer
+    until = (f"until greedy accuracy on {tc.sft_plateau_problems} validation problems stops rising "
+             f"(checked every {tc.sft_plateau_every} steps; at most {tc.sft_steps})"
+             if tc.sft_plateau_every else f"{tc.sft_steps} steps")
+    console.print(f"[bold]1/{stages} SFT[/bold] on synthesized trial-and-error CoT, {until}")
+    sft = sft_stage(cfg, base, sft_dir, console, "SFT steps")
 
     rl_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(sft_dir)})})
-    console.print(f"[bold]2/3 RL[/bold] {cfg.trainer.total_steps} steps on the local stack "
-                  f"(K={cfg.generator.samples_per_prompt}, {cfg.trainer.groups_per_step} prompts/step)")
+    console.print(f"[bold]2/{stages} RL[/bold] {tc.total_steps} steps on the local stack "
+                  f"(K={cfg.generator.samples_per_prompt}, {tc.groups_per_step} prompts/step)")
     t0 = time.monotonic()
     with Stack(rl_cfg) as stack:
         steps = rl_progress(stack, console)
@@ -98,27 +131,38 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
         served = {k.decode(): int(v) for k, v in s.r.hgetall(s.key("generators")).items()}
     rl_seconds = time.monotonic() - t0
 
-    console.print("[bold]3/4 evaluation[/bold] held-out accuracy and inference scaling "
-                  "(SFT model vs final RL policy)")
+    models = {"SFT (plateau)" if tc.sft_plateau_every else "SFT": str(sft_dir)}
+    more = None
+    if cfg.equal_compute_sft:
+        # The same wall-clock as the whole RL stage (its service start-up included), spent on
+        # more SFT epochs over the same fixed dataset instead.
+        extra = max(1, round(rl_seconds / max(sft["seconds"] / max(sft["steps"], 1), 1e-6)))
+        console.print(f"[bold]3/{stages} SFT, equal compute[/bold] {extra} more SFT steps from the "
+                      f"SFT model ({rl_seconds:.0f}s, as long as the RL stage)")
+        more = sft_stage(cfg, sft_dir, run_dir / "model" / "sft-more", console, "more SFT steps",
+                         steps=extra, plateau=False)
+        models["SFT + equal compute"] = str(run_dir / "model" / "sft-more")
+    models[f"RL v{tc.total_steps}"] = str(weights.version_dir(cfg.weights_dir, tc.total_steps))
+
+    console.print(f"[bold]{stages - 1}/{stages} evaluation[/bold] held-out accuracy and inference "
+                  "scaling")
     t0 = time.monotonic()
-    final = weights.version_dir(cfg.weights_dir, cfg.trainer.total_steps)
     evals = evaluate_checkpoints(
-        cfg, {"SFT": str(sft_dir), f"RL v{cfg.trainer.total_steps}": str(final)}, n=cfg.eval_problems,
-        k=cfg.generator.samples_per_prompt,
+        cfg, models, n=cfg.eval_problems, k=cfg.generator.samples_per_prompt,
         progress=lambda label, r: console.print(
             f"  {label}: greedy {r['accuracy'].greedy:.3f}, pass@1 {r['accuracy'].pass1:.3f}, "
             f"maj@{r['accuracy'].k} {r['accuracy'].maj_k:.3f}"))
     plot_scaling({label: r["scaling"] for label, r in evals.items()}, run_dir / "scaling.png")
     eval_seconds = time.monotonic() - t0
 
-    console.print("[bold]4/4 report[/bold]")
-    return write_report(run_dir, cfg, steps, counts, served, sft_losses, sft_seconds, rl_seconds,
-                        evals, eval_seconds)
+    console.print(f"[bold]{stages}/{stages} report[/bold]")
+    return write_report(run_dir, cfg, steps, counts, served, sft, rl_seconds, more, evals, eval_seconds)
 
 
 def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[str, int],
-                 served: dict[str, int], sft_losses: list[float], sft_seconds: float,
-                 rl_seconds: float, evals: dict[str, dict], eval_seconds: float) -> Path:
+                 served: dict[str, int], sft: dict, rl_seconds: float, more: dict | None,
+                 evals: dict[str, dict], eval_seconds: float) -> Path:
+    sft_losses = sft["losses"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,16 +189,24 @@ def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[s
     fig.savefig(plot, dpi=110)
     plt.close(fig)
 
+    tc = cfg.trainer
     lines = [
         "# t1 demo report", "",
+        f"- command: `{' '.join(['t1', *sys.argv[1:]]) if sys.argv[0].endswith('t1') else 't1 demo'}`",
+        f"- task: {cfg.task.name}; seeds: task {cfg.task.seed} (SFT data and RL prompts), held-out "
+        f"{cfg.task.eval_seed}, generator {cfg.generator.seed}",
         f"- preset: K={cfg.generator.samples_per_prompt} samples/prompt, "
-        f"{cfg.trainer.groups_per_step} prompts/step, temperature {cfg.generator.temperature}, "
-        f"max_staleness {cfg.trainer.max_staleness}",
-        f"- SFT: {cfg.trainer.sft_steps} steps in {sft_seconds:.0f}s, final loss "
-        f"{sft_losses[-1]:.3f}" if sft_losses else "- SFT: skipped",
+        f"{tc.groups_per_step} prompts/step, temperature {cfg.generator.temperature}, "
+        f"max_staleness {tc.max_staleness}, entropy bonus {tc.entropy_coef}, KL to the anchor "
+        f"{tc.kl_mode} x {tc.kl_coef}, anchor rotated every {tc.anchor_interval} versions",
+        f"- SFT: {sft['steps']} steps in {sft['seconds']:.0f}s, final loss {sft_losses[-1]:.3f}"
+        + (" (stopped at its plateau)" if sft["plateau"] and sft["steps"] < tc.sft_steps else "")
+        if sft_losses else "- SFT: skipped",
         f"- RL: {len(steps)} steps in {rl_seconds:.0f}s (including service start-up)",
         f"- generators ended serving: {served}",
         f"- accounting: {counts}", "",
+        *([f"SFT plateau: greedy accuracy on {tc.sft_plateau_problems} validation problems by step: "
+           + ", ".join(f"{step}: {acc:.3f}" for step, acc in sft["plateau"]), ""] if sft["plateau"] else []),
         "Reward and accuracy are over the groups trained on in each step (groups whose K samples",
         "all scored the same are dropped before, as `zero_variance`).", "",
         "| step | reward | accuracy | entropy | pg loss | staleness | step s |",
@@ -180,6 +232,32 @@ def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[s
     for label, r in evals.items():
         lines.append(f"| {label} | " + " | ".join(f"{r['scaling'][b]:.3f}" for b in budgets) + " |")
     lines += ["", "![scaling](scaling.png)", ""]
+    lines += findings(cfg, sft, more, evals)
     report = run_dir / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def findings(cfg: T1Config, sft: dict, more: dict | None, evals: dict[str, dict]) -> list[str]:
+    """What the numbers above say, stated from them (not assumed): RL's gain over the SFT model
+    and over the same compute spent on more SFT, and whether accuracy rises with the budget."""
+    labels = list(evals)
+    base, rl = evals[labels[0]]["accuracy"], evals[labels[-1]]["accuracy"]
+    lines = ["## What this run shows", ""]
+    for name, attr in (("greedy", "greedy"), ("sampled pass@1", "pass1")):
+        gain = 100 * (getattr(rl, attr) - getattr(base, attr))
+        lines.append(f"- RL vs SFT, {name}: {gain:+.1f} points "
+                     f"({'meets' if gain >= 10 else 'below'} the +10-point goal)")
+    if more is not None:
+        extra = evals["SFT + equal compute"]["accuracy"]
+        lines.append(f"- the same wall-clock spent on {more['steps']} more SFT steps instead: greedy "
+                     f"{100 * (extra.greedy - base.greedy):+.1f} points, pass@1 "
+                     f"{100 * (extra.pass1 - base.pass1):+.1f} points over the SFT model")
+    for label in (labels[0], labels[-1]):
+        curve = evals[label]["scaling"]
+        budgets = sorted(curve)
+        rises = curve[budgets[-1]] > curve[budgets[0]]
+        lines.append(f"- {label}: accuracy at budget {budgets[0]} -> {budgets[-1]} tokens: "
+                     f"{curve[budgets[0]]:.3f} -> {curve[budgets[-1]]:.3f} "
+                     f"({'rises' if rises else 'does not rise'} with the reasoning budget)")
+    return lines + [""]

@@ -187,6 +187,8 @@ class T1Config(BaseModel):
 
     run_dir: str = "runs/default"
     eval_problems: int = 200  # held-out prompts for `t1 eval` / the demo report
+    # demo: also continue SFT for as long as the RL stage took, and report it beside RL
+    equal_compute_sft: bool = True
     redis: RedisConfig = Field(default_factory=RedisConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -251,14 +253,25 @@ def load_config(
         if key.startswith(ENV_PREFIX):
             dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
             _set_path(tree, dotted, yaml.safe_load(raw))
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    _apply_overrides(tree, overrides or [])
     return T1Config.model_validate(tree)
+
+
+def _apply_overrides(tree: dict[str, Any], overrides: list[str]) -> None:
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
 
 
 def dump_config(cfg: T1Config, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def with_overrides(cfg: T1Config, overrides: list[str]) -> T1Config:
+    """``cfg`` with ``section.key=value`` overrides applied (YAML values), validated again."""
+    tree = cfg.model_dump(mode="json")
+    _apply_overrides(tree, overrides)
+    return T1Config.model_validate(tree)

@@ -39,3 +39,14 @@ def test_numeric_looking_strings_from_env_stay_strings():
     assert cfg.verifier.auth_token == "123456"
     with pytest.raises(ValidationError):
         load_config("tiny", environ={"T1__TRAINER__LR": "fast"})  # numbers are still checked
+
+
+def test_overrides_on_a_built_config_are_validated():
+    from services.common.config import with_overrides
+
+    cfg = load_config("tiny", environ={})
+    changed = with_overrides(cfg, ["trainer.entropy_coef=0", "generator.samples_per_prompt=4"])
+    assert changed.trainer.entropy_coef == 0 and changed.generator.samples_per_prompt == 4
+    assert changed.trainer.lr == cfg.trainer.lr and cfg.generator.samples_per_prompt == 8
+    with pytest.raises(ValueError):
+        with_overrides(cfg, ["trainer.no_such_key=1"])
