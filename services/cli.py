@@ -327,6 +327,49 @@ def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model di
 
 
 @app.command()
+def scaling(models: Annotated[list[str], typer.Option("--model", help="HF model dir; repeat to put "
+                                                                   "several checkpoints on one figure")],
+            budgets: Annotated[Optional[str], typer.Option(
+                help="comma-separated token budgets (default: 4 .. generator.max_tokens)")] = None,
+            n: Annotated[int, typer.Option(help="held-out problems")] = 200,
+            out: Annotated[str, typer.Option(help="where scaling.png and scaling.json go")] = "runs/scaling",
+            config: ConfigOpt = "tiny", set: SetOpt = None) -> None:
+    """T1's inference scaling: greedy accuracy when the reasoning is cut at each token budget and
+    the answer is forced, for each checkpoint."""
+    from services.evaluation import evaluate_checkpoints, plot_scaling
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    _quiet_libraries()
+    cfg = _load(config, set)
+    missing = [m for m in models if not (Path(m) / "config.json").exists()]
+    if missing:
+        console.print(f"[red]not a model directory (no config.json):[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    try:
+        chosen = sorted({int(b) for b in budgets.split(",")}) if budgets else None
+    except ValueError:
+        console.print(f"[red]--budgets must be comma-separated integers[/red], not {budgets!r}")
+        raise typer.Exit(2) from None
+    if chosen is not None and (chosen[0] < 1 or chosen[-1] > cfg.generator.max_tokens):
+        console.print(f"[red]budgets must lie in 1..generator.max_tokens ({cfg.generator.max_tokens})[/red]")
+        raise typer.Exit(2)
+    results = evaluate_checkpoints(cfg, {m: m for m in models}, n=n, budgets=chosen, accuracy=False)
+    curves = {label: r["scaling"] for label, r in results.items()}
+    table = Table(title=f"greedy accuracy by reasoning budget ({n} held-out problems)")
+    table.add_column("model")
+    for b in sorted(next(iter(curves.values()))):
+        table.add_column(str(b))
+    for label, curve in curves.items():
+        table.add_row(label, *(f"{curve[b]:.3f}" for b in sorted(curve)))
+    Console().print(table)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_scaling(curves, out_dir / "scaling.png")
+    (out_dir / "scaling.json").write_text(json.dumps(curves, indent=2))
+    console.print(f"scaling curve: {out_dir / 'scaling.png'}; numbers: {out_dir / 'scaling.json'}")
+
+
+@app.command()
 def bench(name: Annotated[str, typer.Argument(help="benchmark name (a file in bench/)")]) -> None:
     """Run a benchmark from bench/; it ends with RESULT lines."""
     bench_dir = REPO_ROOT / "bench"

@@ -159,7 +159,8 @@ def plot_scaling(curves: dict[str, dict[int, float]], path) -> None:
 
 
 def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int = 200, k: int = 8,
-                         budgets: list[int] | None = None, progress=None) -> dict[str, dict]:
+                         budgets: list[int] | None = None, progress=None,
+                         accuracy: bool = True) -> dict[str, dict]:
     """Accuracy and scaling curve for each checkpoint, on one engine reloaded in place.
 
     All checkpoints must share an architecture (as the versions of one run do).
@@ -178,7 +179,8 @@ def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int = 200, k:
         for i, label in enumerate(labels):
             if i:
                 engine.load_weights(models[label])
-            acc = evaluator.accuracy(problems, k, cfg.generator.temperature, cfg.generator.max_tokens)
+            acc = (evaluator.accuracy(problems, k, cfg.generator.temperature, cfg.generator.max_tokens)
+                   if accuracy else None)
             results[label] = {"accuracy": acc, "scaling": evaluator.scaling(problems, budgets)}
             if progress:
                 progress(label, results[label])

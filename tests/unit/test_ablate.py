@@ -33,3 +33,14 @@ def test_the_table_compares_every_variant_with_the_preset(tmp_path):
     assert "+0.333" in rows["T1 (preset)"]  # mean of the last three steps' reward
     assert (tmp_path / "ablate.png").stat().st_size > 0 and (tmp_path / "ablate.json").exists()
     assert len({slug(n) for n in VARIANTS}) == len(VARIANTS)
+
+
+def test_scaling_refuses_bad_budgets_and_missing_models(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["scaling", "--model", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "not a model directory" in res.output
+    (tmp_path / "config.json").write_text("{}")
+    res = runner.invoke(app, ["scaling", "--model", str(tmp_path), "--budgets", "8,x"])
+    assert res.exit_code == 2 and "comma-separated integers" in res.output
+    res = runner.invoke(app, ["scaling", "--model", str(tmp_path), "--budgets", "8,4096"])
+    assert res.exit_code == 2 and "generator.max_tokens" in res.output
