@@ -292,6 +292,18 @@ def synthesize(data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.p
                   f"rejected, {stats.llm_rewrites} LLM rewrites) in {stats.seconds:.1f}s -> {out}")
 
 
+def _eval_setup(config: str, sets: list[str] | None, models: list[str]) -> T1Config:
+    """Config and checks shared by the commands that load checkpoints into an in-process engine."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    _quiet_libraries()
+    cfg = _load(config, sets)
+    missing = [m for m in models if not (Path(m) / "config.json").exists()]
+    if missing:
+        console.print(f"[red]not a model directory (no config.json):[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    return cfg
+
+
 @app.command("eval")
 def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model dir; repeat to compare "
                                                                   "checkpoints of one run")],
@@ -302,13 +314,7 @@ def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model di
     """Held-out greedy / pass@1 / pass@k / maj@k and the inference-scaling curve per checkpoint."""
     from services.evaluation import evaluate_checkpoints, plot_scaling
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    _quiet_libraries()
-    cfg = _load(config, set)
-    missing = [m for m in models if not (Path(m) / "config.json").exists()]
-    if missing:
-        console.print(f"[red]not a model directory (no config.json):[/red] {', '.join(missing)}")
-        raise typer.Exit(2)
+    cfg = _eval_setup(config, set, models)
     results = evaluate_checkpoints(cfg, {m: m for m in models}, n=n, k=k)
     table = Table(title=f"held-out accuracy ({n} problems, k={k})")
     for col in ("model", "greedy", "pass@1", f"pass@{k}", f"maj@{k}"):
@@ -338,13 +344,7 @@ def scaling(models: Annotated[list[str], typer.Option("--model", help="HF model 
     the answer is forced, for each checkpoint."""
     from services.evaluation import evaluate_checkpoints, plot_scaling
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    _quiet_libraries()
-    cfg = _load(config, set)
-    missing = [m for m in models if not (Path(m) / "config.json").exists()]
-    if missing:
-        console.print(f"[red]not a model directory (no config.json):[/red] {', '.join(missing)}")
-        raise typer.Exit(2)
+    cfg = _eval_setup(config, set, models)
     try:
         chosen = sorted({int(b) for b in budgets.split(",")}) if budgets else None
     except ValueError:
