@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -13,10 +16,30 @@ from services.common.net import free_port
 log = logging.getLogger(__name__)
 
 
+STALE_BUILD_LOCK_S = 600  # a JIT build of one op takes well under two minutes
+
+
+def prepare_extension_builds() -> Path:
+    """DeepSpeed JIT-builds its CPU ops (shm comm, fused Adam) on first use, under a lock file.
+
+    Builds go to this environment's own directory (two venvs sharing ~/.cache would rebuild
+    over each other on every start), and a lock left by a process killed mid-build -- which
+    would make every later trainer wait forever -- is removed once it is clearly stale.
+    """
+    root = Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
+    for lock in root.glob("*/lock"):
+        age = time.time() - lock.stat().st_mtime
+        if age > STALE_BUILD_LOCK_S:
+            log.warning("removing a stale build lock %s (%.0f s old)", lock, age)
+            lock.unlink(missing_ok=True)
+    return root
+
+
 def init_distributed() -> None:
     """Single-process defaults when not launched by ``deepspeed``/torchrun (local stack, tests)."""
     import deepspeed
 
+    prepare_extension_builds()
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")

@@ -49,3 +49,25 @@ def test_precision_auto_is_bf16_on_gpus_and_fp32_on_the_cpu():
     assert ds_config(TrainerConfig(), 1e-4)["bf16"] == {"enabled": torch.cuda.is_available()}
     assert ds_config(TrainerConfig(precision="bf16"), 1e-4)["bf16"] == {"enabled": True}
     assert ds_config(TrainerConfig(precision="fp32"), 1e-4)["bf16"] == {"enabled": False}
+
+
+def test_extension_builds_stay_in_this_environment_and_stale_locks_go(tmp_path, monkeypatch):
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    from services.trainer.ds_engine import STALE_BUILD_LOCK_S, prepare_extension_builds
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    (tmp_path / "fused_adam").mkdir()
+    (tmp_path / "shm_comm").mkdir()
+    stale, fresh = tmp_path / "fused_adam" / "lock", tmp_path / "shm_comm" / "lock"
+    stale.touch()
+    fresh.touch()
+    old = time.time() - STALE_BUILD_LOCK_S - 60
+    os.utime(stale, (old, old))
+    assert prepare_extension_builds() == tmp_path
+    assert not stale.exists() and fresh.exists()  # a build in progress keeps its lock
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    assert prepare_extension_builds() == Path(sys.prefix) / "torch_extensions"
