@@ -9,8 +9,10 @@ app and the queue worker call the pool concurrently.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import queue
+import signal
 import threading
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,7 +48,7 @@ def _worker_main(conn, memory_mb: int, cpu_s: int) -> None:
         # RLIMIT_CPU counts the process's whole life, so each check gets a budget on top of
         # what earlier checks used; past it the kernel's SIGXCPU kills the worker.
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        soft = int(usage.ru_utime + usage.ru_stime) + cpu_s
+        soft = math.ceil(usage.ru_utime + usage.ru_stime) + cpu_s  # ceil: never less than cpu_s left
         resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         try:
             conn.send(("ok", functions[name](*args)))
@@ -80,7 +82,9 @@ class SandboxPool:
     def __init__(self, workers: int = 2, timeout_s: float = 5.0, memory_mb: int = 1024) -> None:
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
-        self.cpu_s = max(1, int(timeout_s) + 1)
+        # The CPU budget outlasts the wall deadline, so a slow check ends as a timeout by the
+        # wall clock; the rlimit is the backstop for a worker the parent cannot reach.
+        self.cpu_s = math.ceil(timeout_s) + 1
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -116,7 +120,11 @@ class SandboxPool:
             status, value = w.conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
             # The worker died (rlimit hit, segfault in a C extension): report, then replace it.
+            w.proc.join(timeout=1)
+            cpu_limit = w.proc.exitcode == -signal.SIGXCPU
             self._retire(w)
+            if cpu_limit:
+                return SandboxResult("timeout", error=f"exceeded its CPU budget of {self.cpu_s}s")
             return SandboxResult("error", error=f"sandbox worker died: {type(exc).__name__}")
         self._idle.put(w)
         if status == "ok":
