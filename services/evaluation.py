@@ -27,14 +27,14 @@ VALIDATION_OFFSET = 1_000_000
 
 def heldout_problems(cfg: T1Config, n: int) -> list[Problem]:
     """Held-out prompts: same task, a separate seed, never seen by SFT or RL."""
-    task = make_task(cfg.task, heldout=True)
+    task = make_task(cfg.task, split="heldout")
     return [task.problem(i) for i in range(n)]
 
 
 def validation_problems(cfg: T1Config, n: int) -> list[Problem]:
     """Held-out-seed problems far past the evaluation's indices: for choosing when to stop
     (SFT's plateau) without looking at the problems that are finally reported."""
-    task = make_task(cfg.task, heldout=True)
+    task = make_task(cfg.task, split="validation")
     return [task.problem(VALIDATION_OFFSET + i) for i in range(n)]
 
 

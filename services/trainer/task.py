@@ -10,10 +10,11 @@ Prompts are a pure function of (seed, index), so the feeder's dataset cursor is 
 integer and a resumed run regenerates exactly the prompts it would have sent. For every problem,
 ``str(problem.answer)`` is the gold answer the verifier compares with.
 
-Held-out split: fractions and linear split their problem *space* by a hash of the prompt text,
-one problem in ``HELDOUT_MOD`` being held out. A training stream (any seed, any index: SFT, RL)
-never yields a held-out problem and the held-out stream (``eval_seed``) yields only those, so
-evaluation never sees a problem that was trained on. Addition keeps its historical behaviour:
+Splits: fractions and linear split their problem *space* by a hash of the prompt text into
+``HELDOUT_MOD`` buckets: one is held out for evaluation, one for validation (choosing when SFT
+has plateaued), the rest is for training. A training stream (any seed, any index: SFT, RL)
+never yields a held-out or validation problem, and each of those streams yields only its own
+bucket, so evaluation never sees a problem that was trained on or used to pick a checkpoint. Addition keeps its historical behaviour:
 held-out prompts come from a separate seed only, so in its small space (8100 two-digit sums)
 they can coincide with training prompts.
 
@@ -30,12 +31,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import ClassVar, Protocol, TypeVar
+from typing import ClassVar, Literal, Protocol, TypeVar
 
 from services.common.config import TaskConfig
 
 FAMILIES = ("addition", "fractions", "linear")
 HELDOUT_MOD = 8
+Split = Literal["train", "heldout", "validation"]
+_BUCKETS: dict[str, set[int]] = {"heldout": {0}, "validation": {1}, "train": set(range(2, HELDOUT_MOD))}
 
 
 @dataclass(frozen=True)
@@ -131,15 +134,16 @@ def _reduced(num: int, den: int) -> str:
     return "" if value.denominator == den else f"={_plain(value)}"
 
 
-def _in_heldout(prompt: str) -> bool:
-    return zlib.crc32(prompt.encode()) % HELDOUT_MOD == 0
+def split_of(prompt: str) -> Split:
+    bucket = zlib.crc32(prompt.encode()) % HELDOUT_MOD
+    return next(name for name, buckets in _BUCKETS.items() if bucket in buckets)  # type: ignore[return-value]
 
 
-def _draw(rng: random.Random, make: Callable[[random.Random], P], heldout: bool) -> P:
+def _draw(rng: random.Random, make: Callable[[random.Random], P], split: Split) -> P:
     """Draw until the problem falls in the requested split (rejection keeps it a pure function)."""
     while True:
         problem = make(rng)
-        if _in_heldout(problem.prompt) == heldout:
+        if split_of(problem.prompt) == split:
             return problem
 
 
@@ -186,13 +190,13 @@ class AdditionTask:
 class FractionsTask:
     """Proper fractions with denominators 2..max_den; the result may be negative or improper."""
 
-    def __init__(self, max_den: int = 9, seed: int = 1234, heldout: bool = False,
+    def __init__(self, max_den: int = 9, seed: int = 1234, split: Split = "train",
                  wrong_first_share: float = 0.3) -> None:
         if max_den < 2:
             raise ValueError("fractions need max_den >= 2")
         self.max_den = max_den
         self.seed = seed
-        self.heldout = heldout
+        self.split = split
         self.wrong_first_share = wrong_first_share
 
     def problem(self, index: int) -> FractionProblem:
@@ -200,7 +204,7 @@ class FractionsTask:
             b, d = rng.randint(2, self.max_den), rng.randint(2, self.max_den)
             return FractionProblem(index, rng.randint(1, b - 1), b, rng.choice("+-"),
                                    rng.randint(1, d - 1), d)
-        return _draw(random.Random(f"{self.seed}:fractions:{index}"), make, self.heldout)
+        return _draw(random.Random(f"{self.seed}:fractions:{index}"), make, self.split)
 
     def cot(self, problem: FractionProblem, rng: random.Random, p_error: float | None = None) -> str:
         """Least common denominator, then a check that recomputes with the product of the
@@ -228,14 +232,14 @@ class LinearTask:
     with 2 <= a <= max_coef, |x| <= max_value and 1 <= |b| <= max_value; d follows from x."""
 
     def __init__(self, max_coef: int = 9, max_value: int = 9, two_sided: float = 0.3,
-                 seed: int = 1234, heldout: bool = False, wrong_first_share: float = 0.3) -> None:
+                 seed: int = 1234, split: Split = "train", wrong_first_share: float = 0.3) -> None:
         if max_value < 1 or max_coef < (3 if two_sided else 2):
             raise ValueError("linear needs max_value >= 1 and max_coef >= 2 (3 when two-sided)")
         self.max_coef = max_coef
         self.max_value = max_value
         self.two_sided = two_sided
         self.seed = seed
-        self.heldout = heldout
+        self.split = split
         self.wrong_first_share = wrong_first_share
 
     def problem(self, index: int) -> LinearProblem:
@@ -247,7 +251,7 @@ class LinearTask:
             x = rng.randint(-m, m)
             b = rng.choice([v for v in range(-m, m + 1) if v])
             return LinearProblem(index, a, b, c, (a - c) * x + b, x)
-        return _draw(random.Random(f"{self.seed}:linear:{index}"), make, self.heldout)
+        return _draw(random.Random(f"{self.seed}:linear:{index}"), make, self.split)
 
     def cot(self, problem: LinearProblem, rng: random.Random, p_error: float | None = None) -> str:
         """Collect x on the left, divide, then substitute x back into both sides."""
@@ -295,18 +299,20 @@ class MixTask:
         return self.tasks[problem.family].cot(problem, rng, p_error)
 
 
-def make_task(cfg: TaskConfig, heldout: bool = False) -> Task:
-    """The configured task: the training stream (``cfg.seed``) or the held-out one (``eval_seed``)."""
-    seed = cfg.eval_seed if heldout else cfg.seed
+def make_task(cfg: TaskConfig, split: Split = "train") -> Task:
+    """The configured task's stream for ``split``: training (seed ``cfg.seed``), held-out or
+    validation (seed ``eval_seed``; validation callers index it apart from evaluation's indices,
+    which is what separates the two for addition)."""
+    seed = cfg.seed if split == "train" else cfg.eval_seed
     share = cfg.wrong_first_share
 
     def family(name: str) -> Task:
         if name == "addition":
             return AdditionTask(cfg.digits, cfg.operands, seed, share)
         if name == "fractions":
-            return FractionsTask(cfg.fraction_max_den, seed, heldout, share)
+            return FractionsTask(cfg.fraction_max_den, seed, split, share)
         return LinearTask(cfg.linear_max_coef, cfg.linear_max_value, cfg.linear_two_sided,
-                          seed, heldout, share)
+                          seed, split, share)
 
     if cfg.name == "mix":
         tasks = {n: family(n) for n, w in cfg.mix_weights.items() if w > 0}

@@ -56,7 +56,7 @@ def test_addition_is_unchanged():
             "1+3=4;6+1=7 try 74:74-13=61 ok \\boxed{74}",
             "9+2=11;9+5+1=15 try 151:151-52=99 ok \\boxed{151}",
             "1+6=7;3+9=12 try 27:27-96=-69 no try 127:127-96=31 ok \\boxed{127}"]
-    heldout = make_task(TaskConfig(digits=1), heldout=True)
+    heldout = make_task(TaskConfig(digits=1), split="heldout")
     assert [heldout.problem(i).prompt for i in range(3)] == ["Q:1+6\nA:", "Q:8+5\nA:", "Q:1+5\nA:"]
 
 
@@ -71,7 +71,7 @@ def test_new_tasks_are_a_pure_function_of_seed_and_index(name):
 @pytest.mark.parametrize("name", NEW_FAMILIES)
 def test_heldout_problems_are_never_training_problems(name):
     cfg = TaskConfig(name=name)
-    train, heldout = make_task(cfg), make_task(cfg, heldout=True)
+    train, heldout = make_task(cfg), make_task(cfg, split="heldout")
     # RL reads indices from 0, SFT from 10**9 (services/trainer/sft.py)
     seen = {train.problem(i).prompt for i in [*range(3000), *range(10**9, 10**9 + 3000)]}
     held = {heldout.problem(i).prompt for i in range(1000)}
@@ -79,6 +79,20 @@ def test_heldout_problems_are_never_training_problems(name):
     assert not seen & held
     # the split is by problem, not by seed: another training seed stays off the held-out set too
     assert not {make_task(cfg.model_copy(update={"seed": 5})).problem(i).prompt for i in range(3000)} & held
+
+
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_validation_problems_are_neither_training_nor_heldout_problems(name):
+    from services.common.config import T1Config
+    from services.evaluation import heldout_problems, validation_problems
+
+    cfg = T1Config(task=TaskConfig(name=name))
+    train = make_task(cfg.task)
+    seen = {train.problem(i).prompt for i in [*range(3000), *range(10**9, 10**9 + 3000)]}
+    held = {p.prompt for p in heldout_problems(cfg, 1000)}
+    val = {p.prompt for p in validation_problems(cfg, 1000)}
+    assert len(val) > 150
+    assert not val & seen and not val & held
 
 
 def test_fraction_and_linear_problems_respect_their_ranges():
