@@ -36,7 +36,7 @@ def main(spec_path: str, out_path: str) -> None:
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     K, steps, prompts_per_step = spec["k"], spec["steps"], spec["prompts_per_step"]
-    task = make_task(TaskConfig(digits=spec["digits"], operands=spec["operands"], seed=spec["task_seed"]))
+    task = make_task(TaskConfig(**spec["task"]))  # the stack's task, whatever its family
     # The same prompts, in the same order, as the stack's feeder admits them (cursor 0, 1, ...).
     problems = [task.problem(i) for i in range(steps * prompts_per_step)]
     dataset = Dataset.from_list([{"prompt": p.prompt, "gold": str(p.answer)} for p in problems])
