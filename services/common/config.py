@@ -174,12 +174,15 @@ class TrainerConfig(Section):
     sft_plateau_min_delta: float = 0.01
     sft_plateau_problems: int = 100
     sft_lr: float = 2e-3
+    sft_examples: int = Field(2000, ge=1)  # the fixed set of synthesized traces SFT trains on
     sft_batch: int = 64
     # SFT sequence packing: examples concatenated into rows of up to this many tokens, with
     # attention kept within each example (0: one padded row per example)
     sft_pack_tokens: int = 0
     cpus: str = ""  # cores its processes run on: "" (all), "0,2-3", "first-half", "second-half"
-    torch_threads: int = 1
+    torch_threads: int = 1  # RL: the trainer shares the machine with the other services
+    # SFT runs alone (before the services start): 0 uses every core this process may run on
+    sft_torch_threads: int = 0
 
 
 class T1Config(BaseModel):

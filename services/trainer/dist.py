@@ -8,6 +8,7 @@ K samples of a prompt in one forward pass.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,12 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def local_cores() -> int:
+    """This process's share of the cores it may run on, split among the ranks on this host."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+    return max(1, len(os.sched_getaffinity(0)) // ranks_here)
 
 
 def is_main() -> bool:

@@ -1,7 +1,7 @@
 """SFT on synthesized trial-and-error / self-verification chain-of-thought (T1 stage 1).
 
-The dataset is fixed (``num_examples`` traces from a seed), as in T1 where CoT data is scarce;
-training runs for ``steps`` minibatches over it on the same DeepSpeed engine as RL. The loss is
+The dataset is fixed (``trainer.sft_examples`` traces from a seed), as in T1 where CoT data is
+scarce; training runs for ``steps`` minibatches over it on the same DeepSpeed engine as RL. The loss is
 next-token cross-entropy on response tokens only (the prompt is context, not a target).
 """
 
@@ -21,7 +21,7 @@ import torch
 from services.common.config import T1Config
 from services.common.logs import event
 from services.common.weights import copy_tokenizer_files
-from services.trainer.dist import barrier, broadcast, full_params, is_main
+from services.trainer.dist import barrier, broadcast, full_params, is_main, local_cores
 from services.trainer.task import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -160,25 +160,26 @@ class Plateau:
         return max(scores[-self.patience:]) <= max(scores[:-self.patience]) + self.min_delta
 
 
-def run_sft(cfg: T1Config, src: Path, dst: Path, num_examples: int = 2000,
+def run_sft(cfg: T1Config, src: Path, dst: Path, num_examples: int | None = None,
             progress: Callable[[int, float], None] | None = None,
             data: list[tuple[str, str]] | None = None, plateau: Plateau | None = None,
             steps: int | None = None) -> Path:
     """Train ``src`` for ``steps`` (default ``cfg.trainer.sft_steps``) on ``data`` (prompt,
-    response) pairs -- by default ``num_examples`` synthesized traces of the configured task --
-    or until ``plateau`` is reached, whichever comes first; save to ``dst``."""
+    response) pairs -- by default ``num_examples`` (``trainer.sft_examples``) synthesized traces
+    of the configured task -- or until ``plateau`` is reached, whichever comes first; save to
+    ``dst``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from services.trainer.ds_engine import build_engine
 
     tc = cfg.trainer
-    torch.set_num_threads(tc.torch_threads)
+    torch.set_num_threads(tc.sft_torch_threads or local_cores())
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     engine = build_engine(model, tc, tc.sft_lr)
     if data is None:
         task = make_task(cfg.task)
-        data = build_sft_examples(task, num_examples, cfg.task.seed)
+        data = build_sft_examples(task, num_examples or tc.sft_examples, cfg.task.seed)
     rng = random.Random(cfg.task.seed)
     t0 = time.monotonic()
     steps = tc.sft_steps if steps is None else steps
