@@ -14,6 +14,7 @@ whatever builds an engine must run under ``if __name__ == "__main__"``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -187,6 +188,19 @@ class RolloutEngine:
 
     def shutdown(self) -> None:
         """Stop the engine process (before the caller closes stdio) and the loop."""
+
+        async def stop_output_handler() -> None:
+            # vLLM cancels this task only after killing the engine process, so it would first
+            # see the dead engine and log an EngineDeadError traceback on every clean exit.
+            handler = getattr(self.llm, "output_handler", None)
+            if handler is not None and not handler.done():
+                handler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handler
+
+        if self.loop.loop.is_running():
+            with contextlib.suppress(TimeoutError):  # best effort: the shutdown goes on anyway
+                self.loop.run(stop_output_handler(), timeout=10)
         self.llm.shutdown()
         self.loop.stop()
         # AsyncLLM.__del__ shuts down again; let it run now, not during interpreter teardown
