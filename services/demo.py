@@ -131,7 +131,8 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
         served = {k.decode(): int(v) for k, v in s.r.hgetall(s.key("generators")).items()}
     rl_seconds = time.monotonic() - t0
 
-    models = {"SFT (plateau)" if tc.sft_plateau_every else "SFT": str(sft_dir)}
+    at_plateau = bool(sft["plateau"]) and sft["steps"] < tc.sft_steps
+    models = {"SFT (plateau)" if at_plateau else f"SFT ({sft['steps']} steps)": str(sft_dir)}
     more = None
     if cfg.equal_compute_sft:
         # The same wall-clock as the whole RL stage (its service start-up included), spent on
@@ -244,6 +245,10 @@ def findings(cfg: T1Config, sft: dict, more: dict | None, evals: dict[str, dict]
     labels = list(evals)
     base, rl = evals[labels[0]]["accuracy"], evals[labels[-1]]["accuracy"]
     lines = ["## What this run shows", ""]
+    if sft["plateau"] and sft["steps"] >= cfg.trainer.sft_steps:
+        lines.append(f"- SFT used its whole budget of {cfg.trainer.sft_steps} steps before the plateau "
+                     "watch stopped it: the SFT model may not be at its plateau (see the equal-compute "
+                     "arm for what more SFT gives)")
     for name, attr in (("greedy", "greedy"), ("sampled pass@1", "pass1")):
         gain = 100 * (getattr(rl, attr) - getattr(base, attr))
         lines.append(f"- RL vs SFT, {name}: {gain:+.1f} points "
