@@ -101,7 +101,9 @@ def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
         if scorer is not None:
             scorer.close()
     return {"losses": losses, "seconds": seconds, "steps": len(losses),
-            "plateau": watch.history if watch else []}
+            "plateau": watch.history if watch else [],
+            # the watch stopped it, as opposed to running out of steps
+            "at_plateau": bool(watch and watch.history) and len(losses) < steps}
 
 
 def run_demo(cfg: T1Config, console: Console) -> Path:
@@ -131,8 +133,7 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
         served = {k.decode(): int(v) for k, v in s.r.hgetall(s.key("generators")).items()}
     rl_seconds = time.monotonic() - t0
 
-    at_plateau = bool(sft["plateau"]) and sft["steps"] < tc.sft_steps
-    models = {"SFT (plateau)" if at_plateau else f"SFT ({sft['steps']} steps)": str(sft_dir)}
+    models = {"SFT (plateau)" if sft["at_plateau"] else f"SFT ({sft['steps']} steps)": str(sft_dir)}
     more = None
     if cfg.equal_compute_sft:
         # The same wall-clock as the whole RL stage (its service start-up included), spent on
@@ -201,7 +202,7 @@ def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[s
         f"max_staleness {tc.max_staleness}, entropy bonus {tc.entropy_coef}, KL to the anchor "
         f"{tc.kl_mode} x {tc.kl_coef}, anchor rotated every {tc.anchor_interval} versions",
         f"- SFT: {sft['steps']} steps in {sft['seconds']:.0f}s, final loss {sft_losses[-1]:.3f}"
-        + (" (stopped at its plateau)" if sft["plateau"] and sft["steps"] < tc.sft_steps else "")
+        + (" (stopped at its plateau)" if sft["at_plateau"] else "")
         if sft_losses else "- SFT: skipped",
         f"- RL: {len(steps)} steps in {rl_seconds:.0f}s (including service start-up)",
         f"- generators ended serving: {served}",
@@ -245,7 +246,7 @@ def findings(cfg: T1Config, sft: dict, more: dict | None, evals: dict[str, dict]
     labels = list(evals)
     base, rl = evals[labels[0]]["accuracy"], evals[labels[-1]]["accuracy"]
     lines = ["## What this run shows", ""]
-    if sft["plateau"] and sft["steps"] >= cfg.trainer.sft_steps:
+    if sft["plateau"] and not sft["at_plateau"]:
         lines.append(f"- SFT used its whole budget of {cfg.trainer.sft_steps} steps before the plateau "
                      "watch stopped it: the SFT model may not be at its plateau (see the equal-compute "
                      "arm for what more SFT gives)")
