@@ -64,9 +64,11 @@ def rl_progress(stack: Stack, console: Console, timeout_s: float = 3600) -> list
 
 
 def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
-              steps: int | None = None, plateau: bool = True) -> dict:
+              steps: int | None = None, plateau: bool = True, lr: float | None = None) -> dict:
     """SFT with a progress bar; with ``trainer.sft_plateau_every`` it stops at the plateau of
-    greedy accuracy on validation problems. Returns losses, seconds, steps and that history."""
+    greedy accuracy on validation problems (after lowering the rate at the earlier ones).
+    Returns losses, seconds, steps, that history, the steps where the rate was lowered and the
+    final rate."""
     from transformers import AutoTokenizer
 
     from services.evaluation import greedy_accuracy_hf, validation_problems
@@ -82,7 +84,8 @@ def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
         tok = AutoTokenizer.from_pretrained(src)
         problems = validation_problems(cfg, tc.sft_plateau_problems)
         watch = Plateau(lambda m: greedy_accuracy_hf(m, tok, problems, cfg.generator.max_tokens, scorer),
-                        tc.sft_plateau_every, tc.sft_plateau_patience, tc.sft_plateau_min_delta)
+                        tc.sft_plateau_every, tc.sft_plateau_patience, tc.sft_plateau_min_delta,
+                        tc.sft_plateau_lr_decays, tc.sft_plateau_lr_factor)
     try:
         with _progress(console) as bar:
             task = bar.add_task(label, total=steps, info="")
@@ -95,13 +98,16 @@ def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
                     console.print(f"{label} {step}/{steps} loss {loss:.3f}{val}")
 
             t0 = time.monotonic()
-            run_sft(cfg, src, dst, progress=on_step, plateau=watch, steps=steps)
+            run_sft(cfg, src, dst, progress=on_step, plateau=watch, steps=steps, lr=lr)
             seconds = time.monotonic() - t0
+            lowered = watch.restarts if watch else []
     finally:
         if scorer is not None:
             scorer.close()
     return {"losses": losses, "seconds": seconds, "steps": len(losses),
             "plateau": watch.history if watch else [],
+            "lr_lowered_at": lowered,
+            "lr": (tc.sft_lr if lr is None else lr) * tc.sft_plateau_lr_factor ** len(lowered),
             # the watch stopped it, as opposed to running out of steps
             "at_plateau": bool(watch and watch.history) and len(losses) < steps}
 
@@ -142,7 +148,7 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
         console.print(f"[bold]3/{stages} SFT, equal compute[/bold] {extra} more SFT steps from the "
                       f"SFT model ({rl_seconds:.0f}s, as long as the RL stage)")
         more = sft_stage(cfg, sft_dir, run_dir / "model" / "sft-more", console, "more SFT steps",
-                         steps=extra, plateau=False)
+                         steps=extra, plateau=False, lr=sft["lr"])  # at the rate SFT ended with
         models["SFT + equal compute"] = str(run_dir / "model" / "sft-more")
     models[f"RL v{tc.total_steps}"] = str(weights.version_dir(cfg.weights_dir, tc.total_steps))
 
@@ -208,7 +214,10 @@ def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[s
         f"- generators ended serving: {served}",
         f"- accounting: {counts}", "",
         *([f"SFT plateau: greedy accuracy on {tc.sft_plateau_problems} validation problems by step: "
-           + ", ".join(f"{step}: {acc:.3f}" for step, acc in sft["plateau"]), ""] if sft["plateau"] else []),
+           + ", ".join(f"{step}: {acc:.3f}" for step, acc in sft["plateau"])
+           + (f"; learning rate x {tc.sft_plateau_lr_factor} at the plateau of step(s) "
+              + ", ".join(map(str, sft["lr_lowered_at"])) + f", ending at {sft['lr']:.2g}"
+              if sft.get("lr_lowered_at") else ""), ""] if sft["plateau"] else []),
         "Reward and accuracy are over the groups trained on in each step (groups whose K samples",
         "all scored the same are dropped before, as `zero_variance`).", "",
         "| step | reward | accuracy | entropy | pg loss | staleness | step s |",

@@ -173,6 +173,10 @@ class TrainerConfig(Section):
     sft_plateau_patience: int = 3  # evaluations without a gain of more than min_delta
     sft_plateau_min_delta: float = 0.01
     sft_plateau_problems: int = 100
+    # at a plateau, multiply the SFT learning rate by sft_plateau_lr_factor and watch again,
+    # this many times, before SFT stops
+    sft_plateau_lr_decays: int = Field(0, ge=0)
+    sft_plateau_lr_factor: float = Field(0.25, gt=0, lt=1)
     sft_lr: float = 2e-3
     sft_examples: int = Field(2000, ge=1)  # the fixed set of synthesized traces SFT trains on
     sft_batch: int = 64

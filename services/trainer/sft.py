@@ -138,15 +138,21 @@ def encode_packed(tokenizer, pairs: list[tuple[str, str]], row_tokens: int) -> d
 
 @dataclass
 class Plateau:
-    """Stop SFT once held-out accuracy stops rising: every ``every`` steps ``evaluate`` scores
-    the model, and training ends when the last ``patience`` scores add no more than
-    ``min_delta`` to the best before them (T1 trains SFT to convergence before RL)."""
+    """Detect the plateau of held-out accuracy: every ``every`` steps ``evaluate`` scores the
+    model; the plateau is reached when the last ``patience`` scores (all taken since the last
+    ``restart``) add no more than ``min_delta`` to the best before them. ``run_sft`` then lowers
+    the learning rate and restarts the watch, ``lr_decays`` times, before it stops: with a
+    constant rate the weights keep moving around the optimum and more training still pays
+    (T1 trains SFT to convergence before RL)."""
 
     evaluate: Callable[[torch.nn.Module], float]
     every: int = 50
     patience: int = 3
     min_delta: float = 0.01
+    lr_decays: int = 0
+    lr_factor: float = 0.25
     history: list[tuple[int, float]] = field(default_factory=list)
+    restarts: list[int] = field(default_factory=list)  # steps at which the rate was lowered
 
     def reached(self, step: int, model: torch.nn.Module) -> bool:
         was_training = model.training
@@ -155,19 +161,23 @@ class Plateau:
             self.history.append((step, self.evaluate(model)))
         model.train(was_training)
         scores = [s for _, s in self.history]
-        if len(scores) <= self.patience:
+        since = sum(1 for s, _ in self.history if s <= self.restarts[-1]) if self.restarts else 0
+        if len(scores) - since < self.patience or len(scores) <= self.patience:
             return False
         return max(scores[-self.patience:]) <= max(scores[:-self.patience]) + self.min_delta
+
+    def restart(self, step: int) -> None:
+        self.restarts.append(step)
 
 
 def run_sft(cfg: T1Config, src: Path, dst: Path, num_examples: int | None = None,
             progress: Callable[[int, float], None] | None = None,
             data: list[tuple[str, str]] | None = None, plateau: Plateau | None = None,
-            steps: int | None = None) -> Path:
+            steps: int | None = None, lr: float | None = None) -> Path:
     """Train ``src`` for ``steps`` (default ``cfg.trainer.sft_steps``) on ``data`` (prompt,
     response) pairs -- by default ``num_examples`` (``trainer.sft_examples``) synthesized traces
-    of the configured task -- or until ``plateau`` is reached, whichever comes first; save to
-    ``dst``."""
+    of the configured task -- or until ``plateau`` is reached (after its learning-rate decays),
+    whichever comes first; save to ``dst``. ``lr`` defaults to ``trainer.sft_lr``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from services.trainer.ds_engine import build_engine
@@ -176,7 +186,7 @@ def run_sft(cfg: T1Config, src: Path, dst: Path, num_examples: int | None = None
     torch.set_num_threads(tc.sft_torch_threads or local_cores())
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    engine = build_engine(model, tc, tc.sft_lr)
+    engine = build_engine(model, tc, tc.sft_lr if lr is None else lr)
     if data is None:
         task = make_task(cfg.task)
         data = build_sft_examples(task, num_examples or tc.sft_examples, cfg.task.seed)
@@ -200,7 +210,13 @@ def run_sft(cfg: T1Config, src: Path, dst: Path, num_examples: int | None = None
         if plateau is not None and step % plateau.every == 0:
             with full_params(engine):
                 done = plateau.reached(step, engine.module) if is_main() else None
-            if broadcast(done):  # every rank stops at the same step
+            if broadcast(done):  # every rank decides alike
+                if len(plateau.restarts) < plateau.lr_decays:
+                    plateau.restart(step)
+                    for group in engine.optimizer.param_groups:
+                        group["lr"] *= plateau.lr_factor
+                    event(log, "sft plateau: lower lr", step=step, lr=engine.optimizer.param_groups[0]["lr"])
+                    continue
                 event(log, "sft plateau", step=step, history=plateau.history)
                 break
     with full_params(engine):  # ZeRO-3 keeps only partitions in the module

@@ -77,6 +77,22 @@ def test_plateau_rule():
     assert model.training  # evaluation left the model in the mode it found it
 
 
+def test_plateau_after_a_restart_needs_patience_new_scores():
+    from services.trainer.sft import Plateau
+
+    scores = iter([0.5, 0.4, 0.4, 0.45, 0.45, 0.7, 0.7, 0.7])
+    p = Plateau(evaluate=lambda _m: next(scores), every=10, patience=2, min_delta=0.01, lr_decays=1)
+    model = torch.nn.Linear(1, 1)
+    assert [p.reached(s, model) for s in (10, 20, 30)] == [False, False, True]
+    p.restart(30)
+    # 40 would already pass the rule on (0.4, 0.45) vs 0.5 but it has only one score since
+    # the restart; 50 has two, neither above 0.5: plateau again
+    assert [p.reached(s, model) for s in (40, 50)] == [False, True]
+    p.restart(50)
+    # 70 rises above the best before the restart; 80 adds nothing to 60's
+    assert [p.reached(s, model) for s in (60, 70, 80)] == [False, False, True]
+
+
 def test_sft_stops_at_the_plateau_and_the_greedy_evaluator_batches_exactly(tmp_path, make_config,
                                                                           tiny_model_dir):
     from services.common.config import load_config
@@ -91,9 +107,11 @@ def test_sft_stops_at_the_plateau_and_the_greedy_evaluator_batches_exactly(tmp_p
     scorer = Scorer(load_config("quick", environ={}).verifier)
     try:
         plateau = Plateau(lambda m: greedy_accuracy_hf(m, tok, problems, 24, scorer), every=20,
-                          patience=2, min_delta=1.0)  # nothing can add a whole point: stop at 60
+                          patience=2, min_delta=1.0,  # nothing can add a whole point: plateau at 60
+                          lr_decays=1)  # and after a lower rate, at 100
         out = run_sft(cfg, tiny_model_dir, tmp_path / "sft", plateau=plateau)
-        assert [step for step, _ in plateau.history] == [20, 40, 60]
+        assert [step for step, _ in plateau.history] == [20, 40, 60, 80, 100]
+        assert plateau.restarts == [60]
         model = AutoModelForCausalLM.from_pretrained(out)
         prompts = [p.prompt for p in problems]
         batched = greedy_hf(model, tok, prompts, 24, batch=24)
