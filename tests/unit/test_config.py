@@ -9,7 +9,7 @@ def test_preset_then_env_then_cli_override(tmp_path):
                       environ={"T1__TRAINER__LR": "1e-5", "T1__GENERATOR__SAMPLES_PER_PROMPT": "4"})
     assert cfg.trainer.lr == 3e-6  # CLI beats env
     assert cfg.generator.samples_per_prompt == 4  # env beats preset
-    assert cfg.trainer.sft_steps == 1000  # from the preset
+    assert cfg.trainer.sft_steps == 2400  # from the preset
 
 
 def test_config_file_roundtrip(tmp_path):
