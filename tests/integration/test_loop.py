@@ -50,7 +50,12 @@ def finished_run(tmp_path_factory, tiny_model_dir):
                 pending = []  # the group does not exist until the verifier starts
             if pending:
                 stack.kill("verifier", signal.SIGKILL)
-                killed_with_pending = len(pending)
+                stack.proc("verifier").popen.wait(timeout=30)
+                time.sleep(0.2)  # let Redis apply whatever the dead process had already sent
+                # it may have acknowledged them between the query and the kill: count what a
+                # dead consumer still holds (supervise() restarts it; then try again)
+                killed_with_pending = len(s.r.xpending_range(
+                    s.key(streams.ROLLOUTS), "verifier", "-", "+", 100, consumername="verifier-0"))
             time.sleep(0.01)
         assert killed_with_pending, "never caught the verifier holding pending rollouts"
         live = {name: (httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json(),
