@@ -1,6 +1,7 @@
 """SFT data loading in the common formats, and an SFT run on the DeepSpeed engine."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -94,7 +95,7 @@ def test_plateau_after_a_restart_needs_patience_new_scores():
 
 
 def test_sft_stops_at_the_plateau_and_the_greedy_evaluator_batches_exactly(tmp_path, make_config,
-                                                                          tiny_model_dir):
+                                                                          tiny_model_dir, caplog):
     from services.common.config import load_config
     from services.evaluation import greedy_accuracy_hf, greedy_hf, heldout_problems
     from services.trainer.sft import Plateau
@@ -109,9 +110,13 @@ def test_sft_stops_at_the_plateau_and_the_greedy_evaluator_batches_exactly(tmp_p
         plateau = Plateau(lambda m: greedy_accuracy_hf(m, tok, problems, 24, scorer), every=20,
                           patience=2, min_delta=1.0,  # nothing can add a whole point: plateau at 60
                           lr_decays=1)  # and after a lower rate, at 100
-        out = run_sft(cfg, tiny_model_dir, tmp_path / "sft", plateau=plateau)
+        with caplog.at_level(logging.INFO, logger="services.trainer.sft"):
+            out = run_sft(cfg, tiny_model_dir, tmp_path / "sft", plateau=plateau)
         assert [step for step, _ in plateau.history] == [20, 40, 60, 80, 100]
         assert plateau.restarts == [60]
+        # the rate the optimizer holds after the first plateau, as the event read it back
+        lowered = [r.fields for r in caplog.records if r.getMessage() == "sft plateau: lower lr"]
+        assert lowered == [{"step": 60, "lr": pytest.approx(3e-3 * 0.25)}]
         model = AutoModelForCausalLM.from_pretrained(out)
         prompts = [p.prompt for p in problems]
         batched = greedy_hf(model, tok, prompts, 24, batch=24)
