@@ -78,6 +78,9 @@ class GeneratorConfig(Section):
     # Continuous batching: prompt groups in flight in the engine at once (one request, n=K each);
     # a group is published the moment it completes.
     max_inflight_groups: int = 64
+    # Sequences the engine decodes together (vLLM's max_num_seqs; its CPU default is 128, which
+    # would queue most of 64 groups x K). 0: max_inflight_groups x samples_per_prompt.
+    max_num_seqs: int = Field(0, ge=0)
     # Backpressure: no new prompts while the rollouts stream holds more entries than this that
     # the verifier has not acknowledged yet (0: no limit).
     max_pending_rollouts: int = 256

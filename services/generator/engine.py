@@ -51,11 +51,17 @@ def engine_kwargs(cfg: GeneratorConfig) -> dict:
         # which is what the trainer's importance ratio divides by.
         logprobs_mode="processed_logprobs",
         worker_extension_cls="services.generator.engine.WeightSyncExtension",
+        max_num_seqs=max_num_seqs(cfg),
     )
     if is_cpu_build():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         kwargs["enforce_eager"] = True
     return kwargs
+
+
+def max_num_seqs(cfg: GeneratorConfig) -> int:
+    """Enough sequences per engine step for every group the worker keeps in flight."""
+    return cfg.max_num_seqs or cfg.max_inflight_groups * cfg.samples_per_prompt
 
 
 def is_cpu_build() -> bool:
@@ -64,16 +70,18 @@ def is_cpu_build() -> bool:
     return current_platform.is_cpu()
 
 
-def to_group(out) -> GeneratedGroup:
-    """A finished ``vllm.RequestOutput`` (n samples of one prompt) as a rollout group."""
+def to_group(out, tokenizer=None) -> GeneratedGroup:
+    """A finished ``vllm.RequestOutput`` (n samples of one prompt) as a rollout group. Requests
+    sent without detokenization carry no text: ``tokenizer`` decodes each sample once."""
     samples, labels = [], set()
     for comp in out.outputs:
         token_ids = list(comp.token_ids)
+        text = comp.text if tokenizer is None else tokenizer.decode(token_ids, skip_special_tokens=True)
         lps = [float(step[tid].logprob) for step, tid in zip(comp.logprobs or [], token_ids)]
         finish = comp.finish_reason if comp.finish_reason in ("stop", "length") else "abort"
         if len(lps) != len(token_ids):
             finish = "abort"
-        samples.append(Sample(text=comp.text, token_ids=token_ids, logprobs=lps,
+        samples.append(Sample(text=text, token_ids=token_ids, logprobs=lps,
                               finish_reason=finish))
         labels.update(span.version for span in (comp.weight_versions or []))
     return GeneratedGroup(list(out.prompt_token_ids or []), samples, labels)
@@ -130,6 +138,9 @@ class RolloutEngine:
             max_tokens=max_tokens or self.cfg.max_tokens,
             min_p=self.cfg.min_p,
             stop=list(self.cfg.stop) or None,
+            # Stop strings need the engine's incremental detokenizer; without them each sample is
+            # decoded once when it is done (``to_group``), not token by token.
+            detokenize=bool(self.cfg.stop),
             logprobs=0,  # only the sampled token's log-prob
             output_kind=RequestOutputKind.FINAL_ONLY,  # one message per group, when it is done
         )
@@ -145,11 +156,11 @@ class RolloutEngine:
 
     async def agenerate(self, prompt: str, params=None, request_id: str | None = None) -> GeneratedGroup:
         """One prompt, ``params.n`` samples, as one engine request; returns when all are done."""
-        final = None
-        async for out in self.llm.generate(prompt, params or self.sampling_params(),
+        final, params = None, params or self.sampling_params()
+        async for out in self.llm.generate(prompt, params,
                                            request_id or uuid.uuid4().hex):
             final = out
-        return to_group(final)
+        return to_group(final, None if params.detokenize else self.tokenizer)
 
     def generate(self, prompts: list[str], params=None) -> list[GeneratedGroup]:
         """Offline batch (evaluation, tests): all prompts in flight at once, results in order."""
