@@ -140,6 +140,9 @@ class TrainerConfig(Section):
     total_steps: int = 10
     groups_per_step: int = 4  # prompts per optimizer step
     max_staleness: int = 1  # admission keeps (max_staleness+1) x groups_per_step in flight
+    # While a step computes, keep reading scored groups (dropping the unusable ones, topping up
+    # prompts) into the next batch, so the generators never wait for the optimizer.
+    admit_during_compute: bool = True
     lr: float = 1e-4
     weight_decay: float = 0.0
     adam_eps: float = 1e-8  # AdamW epsilon

@@ -13,6 +13,7 @@ batch; whole groups are sharded over the ranks and may be split further into mic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -162,6 +163,7 @@ class RLTrainer:
             log.warning("no checkpoint for committed v%d (newest usable: %s): weights from the "
                         "announcement, fresh optimizer state, anchor = policy", committed, resume_from)
         self.batch = Batch()
+        self.next = Batch()  # admitted while the current batch's step computes
         self.stop_event = threading.Event()
         self.stopped = False  # the stop as rank 0 broadcast it: every rank leaves the loop together
         self.step_log = None
@@ -185,16 +187,20 @@ class RLTrainer:
         pipe.execute()
         DROPPED.labels(reason).inc()
 
-    def admit(self, entry: streams.Entry) -> None:
+    def admit(self, entry: streams.Entry, batch: Batch | None = None) -> None:
+        """Into ``batch`` (the current one by default; the next one while a step computes, to be
+        trained by the version that step makes), or dropped with a reason."""
+        batch = self.batch if batch is None else batch
+        trained_by = self.version + (batch is self.next)
         g: ScoredGroup = entry.msg
         pid = g.rollout.prompt.prompt_id
-        if entry.id in self.batch.entry_ids:
-            return  # re-read after a failed iteration: already in the batch, still pending
+        if entry.id in self.batch.entry_ids or entry.id in self.next.entry_ids:
+            return  # re-read after a failed iteration: already in a batch, still pending
         status = self.ledger.status(pid)
         if status is None:
             self.consumer.dead_letter(entry.id, f"unknown prompt id {pid}")
             return
-        if status != "enqueued" or pid in self.batch.prompt_ids():
+        if status != "enqueued" or pid in self.batch.prompt_ids() | self.next.prompt_ids():
             # A redelivered duplicate (e.g. reclaimed from a slow consumer): already accounted.
             pipe = self.s.transaction()
             self.consumer.ack([entry.id], pipe)
@@ -202,7 +208,7 @@ class RLTrainer:
             log.warning("duplicate group %s (%s) acknowledged and skipped", pid, status)
             return
         rewards = [v.reward for v in g.verdicts]
-        if self.version - g.rollout.policy_version > self.tc.max_staleness:
+        if trained_by - g.rollout.policy_version > self.tc.max_staleness:
             self._drop(entry.id, pid, "too_stale")
         elif any(v.status != "ok" for v in g.verdicts):
             self._drop(entry.id, pid, "verifier_error")
@@ -213,9 +219,42 @@ class RLTrainer:
             if len(keep) < 2:
                 self._drop(entry.id, pid, "too_few_kept")
                 return
-            self.batch.entry_ids.append(entry.id)
-            self.batch.groups.append(subset(g, keep))
-            self.batch.offered += len(rewards)
+            batch.entry_ids.append(entry.id)
+            batch.groups.append(subset(g, keep))
+            batch.offered += len(rewards)
+
+    @contextlib.contextmanager
+    def admitting_next(self):
+        """Rank 0, around a step's compute: a thread admits groups into ``self.next`` (and tops
+        up prompts as drops free room), so generation and scoring go on meanwhile. Only this
+        thread touches Redis until it is joined, before the step commits."""
+        if not (self.main and self.tc.admit_during_compute):
+            yield
+            return
+        done, failed = threading.Event(), []
+
+        def loop() -> None:
+            try:
+                while not done.is_set() and not self.stop_event.is_set():
+                    self.feeder.top_up(self.version)
+                    need = self.tc.groups_per_step - len(self.next.groups)
+                    if need <= 0:
+                        done.wait(0.05)
+                        continue
+                    for entry in self.consumer.read(need, block_ms=50):
+                        self.admit(entry, self.next)
+            except Exception as exc:  # re-raised in the step's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=loop, name="admit-next", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+        if failed:
+            raise failed[0]
 
     # -- the loss on one micro-batch of whole groups ------------------------------------------
     def _micro(self, groups: list[ScoredGroup], temperature: float) -> MicroOut:
@@ -295,10 +334,11 @@ class RLTrainer:
         t0 = time.monotonic()
         tc = self.tc
         groups = self.batch.groups
-        fb = self._forward_backward(groups)
-        self.engine.step()
-        grad_norm = self.engine.get_global_grad_norm()
-        compute_s = time.monotonic() - t0
+        with self.admitting_next():
+            fb = self._forward_backward(groups)
+            self.engine.step()
+            grad_norm = self.engine.get_global_grad_norm()
+            compute_s = time.monotonic() - t0
 
         new_version = self.version + 1
         with dist.full_params(self.engine):  # ZeRO-3: the anchor and the published files need it all
@@ -334,7 +374,7 @@ class RLTrainer:
             self._commit(record, WeightAnnouncement(version=new_version, uri=str(path.resolve()),
                                                     sha256=digest, step=new_version))
         self.version = new_version
-        self.batch = Batch()
+        self.batch, self.next = self.next, Batch()
         return record
 
     def _commit(self, record: dict, ann: WeightAnnouncement) -> None:
@@ -363,7 +403,7 @@ class RLTrainer:
         if self.main:
             self.feeder.top_up(self.version)
             need = self.tc.groups_per_step - len(self.batch.groups)
-            for entry in self.consumer.read(need):
+            for entry in self.consumer.read(need) if need > 0 else []:
                 self.admit(entry)
         if dist.world_size() > 1:
             full = len(self.batch.groups) >= self.tc.groups_per_step

@@ -6,6 +6,7 @@ own log-probs must then agree to float precision, which checks the sequence/logi
 """
 
 import random
+import time
 
 import pytest
 import torch
@@ -128,6 +129,42 @@ def test_drops_are_recorded_with_reasons_and_duplicates_skipped(s, trainer_setup
     assert audit.get("enqueued", 0) == 0
     assert ledger.in_flight() == 0
     assert audit["prompts"] == ledger.counts()["enqueued"]
+
+
+def test_groups_scored_while_a_step_computes_fill_the_next_batch(s, trainer_setup, scorer):
+    cfg, trainer, tok, model = trainer_setup
+    ledger = Ledger(s)
+    trainer.feeder.top_up(0)
+    p = take_prompts(s, 4)
+    for x in p[:2]:
+        s.publish(streams.SCORED, scored_group(x, tok, model, scorer))
+    compute, new = trainer._forward_backward, []
+
+    def forward_backward_while_groups_arrive(groups):
+        # groups scored during the step: two usable, one all-correct (to be dropped at once)
+        s.publish(streams.SCORED, scored_group(p[2], tok, model, scorer))
+        s.publish(streams.SCORED, scored_group(p[3], tok, model, scorer, n_correct=K))
+        deadline = time.monotonic() + 20
+        while ledger.status(p[3].prompt_id) == "enqueued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        new.extend(take_prompts(s, 1))  # the drop freed room: the feeder topped up meanwhile
+        assert len(new) == 1
+        s.publish(streams.SCORED, scored_group(new[0], tok, model, scorer))
+        while len(trainer.next.groups) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return compute(groups)
+
+    trainer._forward_backward = forward_backward_while_groups_arrive
+    record = None
+    while record is None:
+        record = trainer.run_once()
+    trainer._forward_backward = compute
+    assert record["step"] == 1
+    assert ledger.status(p[3].prompt_id) == "dropped:zero_variance"
+    assert trainer.batch.prompt_ids() == {p[2].prompt_id, new[0].prompt_id}  # the next step's
+    assert not trainer.next.groups
+    assert trainer.run_once()["step"] == 2  # no waiting: its batch was full when step 1 ended
+    assert ledger.counts()["trained"] == 4
 
 
 def test_restarted_trainer_resumes_from_the_announced_version(s, trainer_setup, scorer, make_config):
