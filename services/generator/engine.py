@@ -70,18 +70,16 @@ def is_cpu_build() -> bool:
     return current_platform.is_cpu()
 
 
-def to_group(out, tokenizer=None) -> GeneratedGroup:
-    """A finished ``vllm.RequestOutput`` (n samples of one prompt) as a rollout group. Requests
-    sent without detokenization carry no text: ``tokenizer`` decodes each sample once."""
+def to_group(out) -> GeneratedGroup:
+    """A finished ``vllm.RequestOutput`` (n samples of one prompt) as a rollout group."""
     samples, labels = [], set()
     for comp in out.outputs:
         token_ids = list(comp.token_ids)
-        text = comp.text if tokenizer is None else tokenizer.decode(token_ids, skip_special_tokens=True)
         lps = [float(step[tid].logprob) for step, tid in zip(comp.logprobs or [], token_ids)]
         finish = comp.finish_reason if comp.finish_reason in ("stop", "length") else "abort"
         if len(lps) != len(token_ids):
             finish = "abort"
-        samples.append(Sample(text=text, token_ids=token_ids, logprobs=lps,
+        samples.append(Sample(text=comp.text, token_ids=token_ids, logprobs=lps,
                               finish_reason=finish))
         labels.update(span.version for span in (comp.weight_versions or []))
     return GeneratedGroup(list(out.prompt_token_ids or []), samples, labels)
@@ -138,9 +136,6 @@ class RolloutEngine:
             max_tokens=max_tokens or self.cfg.max_tokens,
             min_p=self.cfg.min_p,
             stop=list(self.cfg.stop) or None,
-            # Stop strings need the engine's incremental detokenizer; without them each sample is
-            # decoded once when it is done (``to_group``), not token by token.
-            detokenize=bool(self.cfg.stop),
             logprobs=0,  # only the sampled token's log-prob
             output_kind=RequestOutputKind.FINAL_ONLY,  # one message per group, when it is done
         )
@@ -160,7 +155,7 @@ class RolloutEngine:
         async for out in self.llm.generate(prompt, params,
                                            request_id or uuid.uuid4().hex):
             final = out
-        return to_group(final, None if params.detokenize else self.tokenizer)
+        return to_group(final)
 
     def generate(self, prompts: list[str], params=None) -> list[GeneratedGroup]:
         """Offline batch (evaluation, tests): all prompts in flight at once, results in order."""

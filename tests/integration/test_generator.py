@@ -56,19 +56,8 @@ def test_k_samples_with_behaviour_logprobs_of_the_sampling_distribution(engine, 
     assert torch.allclose(torch.tensor(s.logprobs), ref, atol=1e-4), (torch.tensor(s.logprobs) - ref).abs().max()
 
 
-def test_text_is_decoded_once_per_sample_as_the_engine_would_detokenize_it(engine):
-    # Without stop strings the engine skips its per-token detokenizer; the text must not change.
-    prompts = ["Q:12+34\nA:", "Q:5+6\nA:", "Q:7x-3=11\nA:"]
-    fast_params = engine.sampling_params(n=1, temperature=0.0)
-    assert fast_params.detokenize is False
-    slow_params = fast_params.clone()
-    slow_params.detokenize = True
-    fast, slow = engine.generate(prompts, fast_params), engine.generate(prompts, slow_params)
-    for f, s in zip(fast, slow):
-        assert f.samples[0].token_ids == s.samples[0].token_ids
-        assert f.samples[0].text == s.samples[0].text
-    assert any(g.samples[0].text for g in fast)
-    # and every sequence of the groups the worker keeps in flight is decoded in one engine step
+def test_the_engine_decodes_every_in_flight_sequence_in_one_step(engine):
+    # vLLM's CPU default (128) would queue most of the groups the worker keeps in flight
     assert engine.llm.vllm_config.scheduler_config.max_num_seqs == \
         CFG.max_inflight_groups * CFG.samples_per_prompt
 
@@ -78,7 +67,7 @@ def test_stop_strings_and_min_p_come_from_the_config(engine):
     engine.cfg = CFG.model_copy(update={"stop": ["1"], "min_p": 0.05, "max_tokens": 64})
     try:
         params = engine.sampling_params()
-        assert params.stop == ["1"] and params.min_p == 0.05 and params.detokenize
+        assert params.stop == ["1"] and params.min_p == 0.05
         groups = engine.generate(["Q:12+34\nA:"] * 4)
     finally:
         engine.cfg = CFG
