@@ -7,8 +7,7 @@ stack (Redis, vLLM generator, verifier, DeepSpeed trainer as processes):
 1. preset: as configured (generator and trainer pinned to a core each, the trainer admitting
    scored groups while a step computes, vLLM decoding every in-flight sequence at once);
 2. previous-preset: the settings before those changes (unpinned, admission only between steps,
-   vLLM's CPU default of 128 sequences a step). Per-sample detokenization is not a setting:
-   both run the current generator.
+   vLLM's CPU default of 128 sequences a step); both run the current generator code.
 
 Per contender: the median gap between consecutive step commits (the first step excluded: it
 holds service start-up), the trainer's median compute per step, and the prompt accounting.

@@ -151,8 +151,8 @@ class RolloutEngine:
 
     async def agenerate(self, prompt: str, params=None, request_id: str | None = None) -> GeneratedGroup:
         """One prompt, ``params.n`` samples, as one engine request; returns when all are done."""
-        final, params = None, params or self.sampling_params()
-        async for out in self.llm.generate(prompt, params,
+        final = None
+        async for out in self.llm.generate(prompt, params or self.sampling_params(),
                                            request_id or uuid.uuid4().hex):
             final = out
         return to_group(final)
