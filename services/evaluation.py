@@ -89,15 +89,23 @@ class Evaluator:
         return Accuracy(g_correct / n, pass1 / n, passk / n, maj / n, k, n)
 
     def scaling(self, problems: list[Problem], budgets: list[int]) -> dict[int, float]:
-        """Greedy accuracy when the reasoning may use at most ``budget`` tokens."""
+        """Greedy accuracy when the reasoning may use at most ``budget`` tokens.
+
+        A greedy response cut at ``budget`` tokens is the first ``budget`` tokens of the greedy
+        response at the largest budget, so one generation serves every budget; per budget only
+        the forced answers of the responses that had not finished are generated."""
         prompts = [p.prompt for p in problems]
+        full = [g.samples[0] for g in self.engine.generate(prompts, self.engine.sampling_params(
+            n=1, temperature=0.0, max_tokens=max(budgets), top_p=1.0))]
         out = {}
         for budget in budgets:
-            first = self.engine.generate(prompts, self.engine.sampling_params(
-                n=1, temperature=0.0, max_tokens=budget, top_p=1.0))
-            texts = [g.samples[0].text for g in first]
-            unfinished = [i for i, g in enumerate(first) if g.samples[0].finish_reason != "stop"]
+            texts = [s.text for s in full]
+            unfinished = [i for i, s in enumerate(full)
+                          if s.finish_reason != "stop" or len(s.token_ids) > budget]
             if unfinished:
+                for i in unfinished:
+                    texts[i] = self.engine.tokenizer.decode(full[i].token_ids[:budget],
+                                                            skip_special_tokens=True)
                 forced = self.engine.generate(
                     [prompts[i] + texts[i] + FORCE_ANSWER for i in unfinished],
                     self.engine.sampling_params(n=1, temperature=0.0, max_tokens=12, top_p=1.0))

@@ -164,3 +164,23 @@ def test_evaluator_measures_accuracy_and_forces_answers_at_small_budgets(engine)
         assert sorted(curve) == [2, 8] and all(0.0 <= v <= 1.0 for v in curve.values())
     finally:
         scorer.close()
+
+
+def test_a_greedy_response_cut_at_a_budget_is_the_prefix_of_the_longer_one(engine):
+    """What the one-pass scaling curve relies on: greedy decoding with ``max_tokens=b`` yields
+    the first b tokens of the greedy response at a larger budget, and stops where it stops."""
+    from services.common.config import load_config
+    from services.evaluation import heldout_problems
+
+    prompts = [p.prompt for p in heldout_problems(load_config("quick", environ={}), 8)]
+
+    def greedy(budget):
+        return [g.samples[0] for g in engine.generate(prompts, engine.sampling_params(
+            n=1, temperature=0.0, max_tokens=budget, top_p=1.0))]
+
+    full = greedy(24)
+    for budget in (3, 10):
+        for cut, whole in zip(greedy(budget), full):
+            assert cut.token_ids == whole.token_ids[:budget]
+            ended = whole.finish_reason == "stop" and len(whole.token_ids) <= budget
+            assert cut.finish_reason == ("stop" if ended else "length")
