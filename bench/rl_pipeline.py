@@ -5,9 +5,11 @@ Both contenders start from the same SFT model and run the same number of RL step
 stack (Redis, vLLM generator, verifier, DeepSpeed trainer as processes):
 
 1. preset: as configured (generator and trainer pinned to a core each, the trainer admitting
-   scored groups while a step computes, vLLM decoding every in-flight sequence at once);
+   scored groups while a step computes, vLLM decoding every in-flight sequence at once,
+   `max_staleness` 2);
 2. previous-preset: the settings before those changes (unpinned, admission only between steps,
-   vLLM's CPU default of 128 sequences a step); both run the current generator code.
+   vLLM's CPU default of 128 sequences a step, `max_staleness` 1); both run the current
+   generator code.
 
 Per contender: the median gap between consecutive step commits (the first step excluded: it
 holds service start-up), the trainer's median compute per step, and the prompt accounting.
@@ -31,7 +33,7 @@ SFT_STEPS = int(os.environ.get("T1_BENCH_SFT_STEPS", "300"))
 CONTENDERS = {
     "preset": [],
     "previous-preset": ['generator.cpus=""', 'trainer.cpus=""', "trainer.admit_during_compute=false",
-                        "generator.max_num_seqs=128"],
+                        "generator.max_num_seqs=128", "trainer.max_staleness=1"],
 }
 
 
