@@ -63,7 +63,7 @@ def run(name: str, sets: list[str], model: Path, root: Path) -> dict:
                                f"trainer.total_steps={STEPS}", *sets])
     t0 = time.monotonic()
     with Stack(cfg) as stack:
-        steps = rl_progress(stack, Console(), 3600)
+        steps = rl_progress(stack, Console(), 3600).steps
         counts = Ledger(stack.streams()).counts()
     times = [r["time"] for r in steps]
     return {"wall_s": time.monotonic() - t0,

@@ -38,7 +38,7 @@ def run_variant(cfg: T1Config, console: Console) -> tuple[list[dict], float]:
 
     t0 = time.monotonic()
     with Stack(cfg) as stack:
-        steps = rl_progress(stack, console)
+        steps = rl_progress(stack, console).steps
     return steps, time.monotonic() - t0
 
 

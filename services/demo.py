@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,17 +38,33 @@ def prepare_model(cfg: T1Config) -> Path:
     return path
 
 
-def rl_progress(stack: Stack, console: Console, timeout_s: float = 3600) -> list[dict]:
+class RLRun(NamedTuple):
+    steps: list[dict]
+    start_up_s: float  # until a generator served (its vLLM engine up; the trainer is up sooner)
+    training_s: float  # from then to the trainer's last step (shut-down not included)
+
+
+def rl_progress(stack: Stack, console: Console, timeout_s: float = 3600) -> RLRun:
     s = stack.streams()
     key = s.key("trainer:steps")
     total = stack.cfg.trainer.total_steps
+    t0 = time.monotonic()
+    serving = done = None
     with _progress(console) as bar:
         task = bar.add_task("RL steps", total=total, info="starting services (vLLM ~45s)")
 
         shown = [0]
 
         def poll() -> None:
+            nonlocal serving, done
+            now = time.monotonic()
+            if serving is None and s.r.hlen(s.key("generators")):
+                serving = now
             n = s.r.llen(key)
+            if done is None and n >= total:
+                done = now
+            if serving is None:
+                return
             info = "waiting for the first batch"
             if n:
                 rec = json.loads(s.r.lindex(key, -1))
@@ -60,7 +77,9 @@ def rl_progress(stack: Stack, console: Console, timeout_s: float = 3600) -> list
 
         stack.wait_trainer(timeout_s, on_poll=poll)
         poll()
-    return [json.loads(x) for x in s.r.lrange(key, 0, -1)]
+    end = done or time.monotonic()
+    start = serving or end
+    return RLRun([json.loads(x) for x in s.r.lrange(key, 0, -1)], start - t0, end - start)
 
 
 def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
@@ -105,6 +124,7 @@ def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
         if scorer is not None:
             scorer.close()
     return {"losses": losses, "seconds": seconds, "steps": len(losses),
+            "validation_s": watch.seconds if watch else 0.0,
             "plateau": watch.history if watch else [],
             "lr_lowered_at": lowered,
             "lr": (tc.sft_lr if lr is None else lr) * tc.sft_plateau_lr_factor ** len(lowered),
@@ -133,7 +153,7 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
                   f"(K={cfg.generator.samples_per_prompt}, {tc.groups_per_step} prompts/step)")
     t0 = time.monotonic()
     with Stack(rl_cfg) as stack:
-        steps = rl_progress(stack, console)
+        rl = rl_progress(stack, console)
         s = stack.streams()
         counts = Ledger(s).counts()
         served = {k.decode(): int(v) for k, v in s.r.hgetall(s.key("generators")).items()}
@@ -142,11 +162,13 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
     models = {"SFT (plateau)" if sft["at_plateau"] else f"SFT ({sft['steps']} steps)": str(sft_dir)}
     more = None
     if cfg.equal_compute_sft:
-        # The same wall-clock as the whole RL stage (its service start-up included), spent on
-        # more SFT epochs over the same fixed dataset instead.
-        extra = max(1, round(rl_seconds / max(sft["seconds"] / max(sft["steps"], 1), 1e-6)))
+        # The wall-clock RL trained for (from its generator's first rollouts to its last step;
+        # the services' start-up and shut-down are not training), spent on more SFT epochs over
+        # the same fixed dataset instead, at SFT's own training rate (its validation excluded).
+        rate = (sft["seconds"] - sft["validation_s"]) / max(sft["steps"], 1)
+        extra = max(1, round(rl.training_s / max(rate, 1e-6)))
         console.print(f"[bold]3/{stages} SFT, equal compute[/bold] {extra} more SFT steps from the "
-                      f"SFT model ({rl_seconds:.0f}s, as long as the RL stage)")
+                      f"SFT model ({rl.training_s:.0f}s at {rate:.3f}s a step, as long as RL trained)")
         more = sft_stage(cfg, sft_dir, run_dir / "model" / "sft-more", console, "more SFT steps",
                          steps=extra, plateau=False, lr=sft["lr"])  # at the rate SFT ended with
         models["SFT + equal compute"] = str(run_dir / "model" / "sft-more")
@@ -164,12 +186,13 @@ def run_demo(cfg: T1Config, console: Console) -> Path:
     eval_seconds = time.monotonic() - t0
 
     console.print(f"[bold]{stages}/{stages} report[/bold]")
-    return write_report(run_dir, cfg, steps, counts, served, sft, rl_seconds, more, evals, eval_seconds)
+    return write_report(run_dir, cfg, rl, counts, served, sft, rl_seconds, more, evals, eval_seconds)
 
 
-def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[str, int],
+def write_report(run_dir: Path, cfg: T1Config, rl: RLRun, counts: dict[str, int],
                  served: dict[str, int], sft: dict, rl_seconds: float, more: dict | None,
                  evals: dict[str, dict], eval_seconds: float) -> Path:
+    steps = rl.steps
     sft_losses = sft["losses"]
     import matplotlib
 
@@ -207,10 +230,13 @@ def write_report(run_dir: Path, cfg: T1Config, steps: list[dict], counts: dict[s
         f"{tc.groups_per_step} prompts/step, temperature {cfg.generator.temperature}, "
         f"max_staleness {tc.max_staleness}, entropy bonus {tc.entropy_coef}, KL to the anchor "
         f"{tc.kl_mode} x {tc.kl_coef}, anchor rotated every {tc.anchor_interval} versions",
-        f"- SFT: {sft['steps']} steps in {sft['seconds']:.0f}s, final loss {sft_losses[-1]:.3f}"
+        f"- SFT: {sft['steps']} steps in {sft['seconds']:.0f}s ({sft['validation_s']:.0f}s of it "
+        f"validation), final loss {sft_losses[-1]:.3f}"
         + (" (stopped at its plateau)" if sft["at_plateau"] else "")
         if sft_losses else "- SFT: skipped",
-        f"- RL: {len(steps)} steps in {rl_seconds:.0f}s (including service start-up)",
+        f"- RL: {len(steps)} steps in {rl_seconds:.0f}s: service start-up {rl.start_up_s:.0f}s, "
+        f"training {rl.training_s:.0f}s (first rollouts to last step), shut-down "
+        f"{rl_seconds - rl.start_up_s - rl.training_s:.0f}s",
         f"- generators ended serving: {served}",
         f"- accounting: {counts}", "",
         *([f"SFT plateau: greedy accuracy on {tc.sft_plateau_problems} validation problems by step: "
@@ -265,7 +291,7 @@ def findings(cfg: T1Config, sft: dict, more: dict | None, evals: dict[str, dict]
                      f"({'meets' if gain >= 10 else 'below'} the +10-point goal)")
     if more is not None:
         extra = evals["SFT + equal compute"]["accuracy"]
-        lines.append(f"- the same wall-clock spent on {more['steps']} more SFT steps instead: greedy "
+        lines.append(f"- the time RL trained, spent on {more['steps']} more SFT steps instead: greedy "
                      f"{100 * (extra.greedy - base.greedy):+.1f} points, pass@1 "
                      f"{100 * (extra.pass1 - base.pass1):+.1f} points over the SFT model")
     for label in (labels[0], labels[-1]):

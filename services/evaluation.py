@@ -59,6 +59,18 @@ class Evaluator:
     def __init__(self, engine, scorer) -> None:
         self.engine = engine  # services.generator.engine.RolloutEngine
         self.scorer = scorer  # services.verifier.scoring.Scorer
+        self._greedy: tuple[tuple, list] | None = None
+
+    def greedy(self, prompts: list[str], max_tokens: int) -> list:
+        """One greedy sample per prompt. Greedy decoding is deterministic, so the last call's
+        samples serve a repeat on the same weights (``scaling`` after ``accuracy``)."""
+        key = (prompts, max_tokens, self.engine.weight_updates)
+        if self._greedy is not None and self._greedy[0] == key:
+            return self._greedy[1]
+        samples = [g.samples[0] for g in self.engine.generate(prompts, self.engine.sampling_params(
+            n=1, temperature=0.0, max_tokens=max_tokens, top_p=1.0))]
+        self._greedy = (key, samples)
+        return samples
 
     def _verdicts(self, texts_finish_gold: list[tuple[str, str, str]]):
         """One verdict per (response, finish reason, gold), in order, in one scorer batch."""
@@ -69,14 +81,13 @@ class Evaluator:
     def accuracy(self, problems: list[Problem], k: int, temperature: float,
                  max_tokens: int) -> Accuracy:
         prompts = [p.prompt for p in problems]
-        greedy = self.engine.generate(prompts, self.engine.sampling_params(
-            n=1, temperature=0.0, max_tokens=max_tokens, top_p=1.0))
+        greedy = self.greedy(prompts, max_tokens)
         sampled = self.engine.generate(prompts, self.engine.sampling_params(
             n=k, temperature=temperature, max_tokens=max_tokens, top_p=1.0))
         g_correct = pass1 = passk = maj = 0.0
         for p, g, s in zip(problems, greedy, sampled):
             gold = str(p.answer)
-            g_correct += self._verdicts([(g.samples[0].text, g.samples[0].finish_reason, gold)])[0].correct
+            g_correct += self._verdicts([(g.text, g.finish_reason, gold)])[0].correct
             verdicts = self._verdicts([(x.text, x.finish_reason, gold) for x in s.samples])
             c = sum(v.correct for v in verdicts)
             pass1 += c / k
@@ -95,8 +106,7 @@ class Evaluator:
         response at the largest budget, so one generation serves every budget; per budget only
         the forced answers of the responses that had not finished are generated."""
         prompts = [p.prompt for p in problems]
-        full = [g.samples[0] for g in self.engine.generate(prompts, self.engine.sampling_params(
-            n=1, temperature=0.0, max_tokens=max(budgets), top_p=1.0))]
+        full = self.greedy(prompts, max(budgets))
         out = {}
         for budget in budgets:
             texts = [s.text for s in full]

@@ -112,6 +112,7 @@ class RolloutEngine:
 
         self.cfg = cfg
         self.model_path = model_path
+        self.weight_updates = 0  # how many times the weights changed in place (cache keys)
         self.loop = loop or EventLoopThread()
         t0 = time.monotonic()
         args = AsyncEngineArgs(model=model_path, **engine_kwargs(cfg), **(extra_engine_args or {}))
@@ -181,6 +182,7 @@ class RolloutEngine:
         await self.after_weight_update()
 
     async def after_weight_update(self, label: str | None = None) -> None:
+        self.weight_updates += 1
         await self.llm.collective_rpc("refresh_tied_lm_head")
         await self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         if label is not None:

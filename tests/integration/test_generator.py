@@ -157,6 +157,14 @@ def test_evaluator_measures_accuracy_and_forces_answers_at_small_budgets(engine)
         acc = ev.accuracy(problems, k=3, temperature=1.0, max_tokens=16)
         assert acc.n_problems == 6 and acc.k == 3
         assert 0.0 <= acc.pass1 <= acc.pass_k <= 1.0 and 0.0 <= acc.greedy <= 1.0
+        # accuracy's greedy responses serve a repeat on the same weights, not after a reload
+        prompts = [p.prompt for p in problems]
+        first = ev.greedy(prompts, 16)
+        assert ev.greedy(prompts, 16) is first
+        engine.load_weights(engine.model_path)
+        again = ev.greedy(prompts, 16)
+        assert again is not first and [s.token_ids for s in again] == [s.token_ids for s in first]
+        assert ev.greedy(prompts, 12) is not again
         forced = engine.generate([problems[0].prompt + "1+1=2" + FORCE_ANSWER],
                                  engine.sampling_params(n=1, temperature=0.0, max_tokens=4, top_p=1.0))
         assert len(forced[0].samples[0].token_ids) <= 4
