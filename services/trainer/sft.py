@@ -120,8 +120,7 @@ def pack_examples(examples: list[Example], eos: int, row_tokens: int) -> dict[st
     transformers builds a block-diagonal causal mask, so attention never crosses examples. Each
     example's first label is -100: it would be predicted from the previous example's last token.
     """
-    one = pad_examples(examples, eos)
-    lengths = one["attention_mask"].sum(1).tolist()
+    lengths = [len(p) + len(r) for p, r in examples]
     rows: list[list[int]] = []  # example indices per row, first fit in order
     fill: list[int] = []
     for i, n in enumerate(lengths):
@@ -140,9 +139,10 @@ def pack_examples(examples: list[Example], eos: int, row_tokens: int) -> dict[st
     for r, members in enumerate(rows):
         at = 0
         for i in members:
+            prompt, response = examples[i]
             n = lengths[i]
-            ids[r, at:at + n] = one["input_ids"][i, :n]
-            lab[r, at:at + n] = one["labels"][i, :n]
+            ids[r, at:at + n] = torch.tensor(prompt + response)
+            lab[r, at + len(prompt):at + n] = torch.tensor(response)
             lab[r, at] = -100
             pos[r, at:at + n] = torch.arange(n)
             at += n
