@@ -17,7 +17,7 @@ from rich.console import Console
 
 from services.common import weights
 from services.common.config import T1Config, with_overrides
-from services.evaluation import evaluate_checkpoints
+from services.evaluation import evaluate_checkpoints, paired_gain
 from services.stack import Stack
 
 # T1's ingredients, one at a time (paper: entropy bonus, dynamic anchor, oversampling).
@@ -62,6 +62,12 @@ def run_ablation(cfg: T1Config, start: Path, out: Path, console: Console,
     return write_ablation(out, cfg, runs, evals)
 
 
+def _versus(a, base, metric: str) -> str:
+    """The difference to the preset, with its paired standard error where it is known."""
+    gain, se = paired_gain(a, base, metric)
+    return f"{gain / 100:+.3f}" + (f" ± {se / 100:.3f}" if se is not None else "")
+
+
 def write_ablation(out: Path, cfg: T1Config, runs: dict[str, dict], evals: dict[str, dict]) -> Path:
     import matplotlib
 
@@ -85,7 +91,7 @@ def write_ablation(out: Path, cfg: T1Config, runs: dict[str, dict], evals: dict[
              f"Every variant: {cfg.trainer.total_steps} RL steps x {cfg.trainer.groups_per_step} prompts "
              f"from the same SFT model; held-out: {cfg.eval_problems} problems (seed {cfg.task.eval_seed}), "
              f"maj@{k} over {k} samples at temperature {cfg.generator.temperature}.", "",
-             "| variant | change | greedy | pass@1 | maj@k | greedy vs preset | pass@1 vs preset | "
+             "| variant | change | greedy | pass@1 | maj@k | greedy vs preset (± SE) | pass@1 vs preset (± SE) | "
              "last-3 train reward | wall s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, e in evals.items():
@@ -94,7 +100,7 @@ def write_ablation(out: Path, cfg: T1Config, runs: dict[str, dict], evals: dict[
         tail = [s["reward_mean"] for s in r["steps"][-3:]] if r else []
         lines.append(
             f"| {label} | {' '.join(r['sets']) if r else 'no RL'} | {a.greedy:.3f} | {a.pass1:.3f} | "
-            f"{a.maj_k:.3f} | {a.greedy - base.greedy:+.3f} | {a.pass1 - base.pass1:+.3f} | "
+            f"{a.maj_k:.3f} | {_versus(a, base, 'greedy')} | {_versus(a, base, 'pass1')} | "
             + (f"{sum(tail) / len(tail):+.3f} | {r['seconds']:.0f} |" if tail else "| |"))
     lines += ["", "![reward per step](ablate.png)", ""]
     report = out / "ablate.md"

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from services.common import weights
 from services.common.config import T1Config
 from services.common.ledger import Ledger
-from services.evaluation import evaluate_checkpoints, plot_scaling
+from services.evaluation import evaluate_checkpoints, paired_gain, plot_scaling
 from services.stack import Stack
 
 
@@ -286,8 +286,9 @@ def findings(cfg: T1Config, sft: dict, more: dict | None, evals: dict[str, dict]
                      "watch stopped it: the SFT model may not be at its plateau (see the equal-compute "
                      "arm for what more SFT gives)")
     for name, attr in (("greedy", "greedy"), ("sampled pass@1", "pass1")):
-        gain = 100 * (getattr(rl, attr) - getattr(base, attr))
-        lines.append(f"- RL vs SFT, {name}: {gain:+.1f} points "
+        gain, se = paired_gain(rl, base, attr)
+        spread = f" ± {se:.1f} (standard error over the problems, paired)" if se is not None else ""
+        lines.append(f"- RL vs SFT, {name}: {gain:+.1f} points{spread} "
                      f"({'meets' if gain >= 10 else 'below'} the +10-point goal)")
     if more is not None:
         extra = evals["SFT + equal compute"]["accuracy"]

@@ -53,6 +53,24 @@ class Accuracy:
     maj_k: float
     k: int
     n_problems: int
+    # per problem, in order: greedy correct (0/1) and the share of the k samples correct, so two
+    # models evaluated on the same problems can be compared pairwise (``paired_gain``)
+    greedy_each: tuple[float, ...] = ()
+    pass1_each: tuple[float, ...] = ()
+
+
+def paired_gain(new: Accuracy, old: Accuracy, metric: str) -> tuple[float, float | None]:
+    """``new - old`` for ``metric`` ("greedy" or "pass1") in points, and the standard error of
+    that difference over the problems both were evaluated on (None without per-problem results).
+    Pairing removes the spread of problem difficulty, which both models share."""
+    gain = 100 * (getattr(new, metric) - getattr(old, metric))
+    a, b = getattr(new, f"{metric}_each"), getattr(old, f"{metric}_each")
+    n = len(a)
+    if n < 2 or len(b) != n:
+        return gain, None
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / n
+    return gain, 100 * math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
 
 
 class Evaluator:
@@ -84,20 +102,22 @@ class Evaluator:
         greedy = self.greedy(prompts, max_tokens)
         sampled = self.engine.generate(prompts, self.engine.sampling_params(
             n=k, temperature=temperature, max_tokens=max_tokens, top_p=1.0))
-        g_correct = pass1 = passk = maj = 0.0
+        greedy_each, pass1_each = [], []
+        passk = maj = 0.0
         for p, g, s in zip(problems, greedy, sampled):
             gold = str(p.answer)
-            g_correct += self._verdicts([(g.text, g.finish_reason, gold)])[0].correct
+            greedy_each.append(float(self._verdicts([(g.text, g.finish_reason, gold)])[0].correct))
             verdicts = self._verdicts([(x.text, x.finish_reason, gold) for x in s.samples])
             c = sum(v.correct for v in verdicts)
-            pass1 += c / k
+            pass1_each.append(c / k)
             passk += pass_at_k(k, c, k)
             votes = Counter(v.extracted for v in verdicts if v.extracted is not None)
             if votes:
                 top = votes.most_common(1)[0][0]
                 maj += any(v.correct for v in verdicts if v.extracted == top)
         n = len(problems)
-        return Accuracy(g_correct / n, pass1 / n, passk / n, maj / n, k, n)
+        return Accuracy(sum(greedy_each) / n, sum(pass1_each) / n, passk / n, maj / n, k, n,
+                        tuple(greedy_each), tuple(pass1_each))
 
     def scaling(self, problems: list[Problem], budgets: list[int]) -> dict[int, float]:
         """Greedy accuracy when the reasoning may use at most ``budget`` tokens.

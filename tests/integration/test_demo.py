@@ -26,7 +26,7 @@ def test_quick_demo_writes_a_report_with_its_findings(tmp_path):
     # every stage ran: plateau-watched SFT, RL, the equal-compute SFT arm, evaluation
     assert re.search(r"SFT plateau: greedy accuracy on \d+ validation problems by step: 20: ", report)
     assert "| SFT + equal compute |" in report and "| RL v3 |" in report
-    assert re.search(r"RL vs SFT, greedy: [+-]\d+\.\d points", report)
+    assert re.search(r"RL vs SFT, greedy: [+-]\d+\.\d points ± \d+\.\d \(standard error", report)
     assert re.search(r"more SFT steps instead: greedy [+-]\d+\.\d points", report)
     assert "does not rise" in report or "rises with the reasoning budget" in report
     assert "'trained': 12" in report  # 3 steps x 4 prompts, accounted in the ledger
