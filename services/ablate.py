@@ -90,7 +90,7 @@ def write_ablation(out: Path, cfg: T1Config, runs: dict[str, dict], evals: dict[
     lines = ["# t1 ablate", "",
              f"Every variant: {cfg.trainer.total_steps} RL steps x {cfg.trainer.groups_per_step} prompts "
              f"from the same SFT model; held-out: {cfg.eval_problems} problems (seed {cfg.task.eval_seed}), "
-             f"maj@{k} over {k} samples at temperature {cfg.generator.temperature}.", "",
+             f"maj@{k} over {k} samples at temperature {cfg.eval_sampling_temperature}.", "",
              "| variant | change | greedy | pass@1 | maj@k | greedy vs preset (± SE) | pass@1 vs preset (± SE) | "
              "last-3 train reward | wall s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -256,7 +256,7 @@ def write_report(run_dir: Path, cfg: T1Config, rl: RLRun, counts: dict[str, int]
     lines += ["", f"![training]({plot.name})", "",
               f"## Held-out evaluation ({eval_seconds:.0f}s)", "",
               f"{cfg.eval_problems} problems from a separate seed ({cfg.task.eval_seed}), never trained on; "
-              f"k={cfg.generator.samples_per_prompt} samples at temperature {cfg.generator.temperature}.", "",
+              f"k={cfg.generator.samples_per_prompt} samples at temperature {cfg.eval_sampling_temperature}.", "",
               "| model | greedy | pass@1 (sampled) | pass@k | maj@k |", "|---|---:|---:|---:|---:|"]
     for label, r in evals.items():
         a = r["accuracy"]

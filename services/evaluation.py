@@ -217,7 +217,7 @@ def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int = 200, k:
         for i, label in enumerate(labels):
             if i:
                 engine.load_weights(models[label])
-            acc = (evaluator.accuracy(problems, k, cfg.generator.temperature, cfg.generator.max_tokens)
+            acc = (evaluator.accuracy(problems, k, cfg.eval_sampling_temperature, cfg.generator.max_tokens)
                    if accuracy else None)
             results[label] = {"accuracy": acc, "scaling": evaluator.scaling(problems, budgets)}
             if progress:

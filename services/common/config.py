@@ -200,6 +200,9 @@ class T1Config(BaseModel):
 
     run_dir: str = "runs/default"
     eval_problems: int = 200  # held-out prompts for `t1 eval` / the demo report
+    # temperature of the samples behind pass@k / maj@k; None: the generator's (what RL samples
+    # at). Fix it to compare pass@1 across runs that sample RL at different temperatures.
+    eval_temperature: float | None = Field(None, gt=0)
     # demo: also continue SFT for as long as the RL stage took, and report it beside RL
     equal_compute_sft: bool = True
     redis: RedisConfig = Field(default_factory=RedisConfig)
@@ -208,6 +211,10 @@ class T1Config(BaseModel):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    @property
+    def eval_sampling_temperature(self) -> float:
+        return self.generator.temperature if self.eval_temperature is None else self.eval_temperature
 
     @property
     def weights_dir(self) -> Path:

@@ -50,3 +50,14 @@ def test_overrides_on_a_built_config_are_validated():
     assert changed.trainer.lr == cfg.trainer.lr and cfg.generator.samples_per_prompt == 8
     with pytest.raises(ValueError):
         with_overrides(cfg, ["trainer.no_such_key=1"])
+
+
+def test_evaluation_samples_at_the_generator_temperature_unless_told_otherwise():
+    from services.common.config import with_overrides
+
+    cfg = with_overrides(load_config("tiny", environ={}), ["generator.temperature=0.7"])
+    assert cfg.eval_sampling_temperature == 0.7  # default: what RL samples at
+    fixed = with_overrides(cfg, ["eval_temperature=1.0"])
+    assert fixed.eval_sampling_temperature == 1.0 and fixed.generator.temperature == 0.7
+    with pytest.raises(ValueError, match="eval_temperature"):
+        with_overrides(cfg, ["eval_temperature=0"])
