@@ -3,7 +3,8 @@
 Each service runs as its own ``t1 <service>`` process in its own process group (so stopping it
 also stops vLLM's engine workers and the verifier's sandbox processes). A service that dies is
 restarted -- the streams hold its unfinished work -- and the whole stack is torn down cleanly on
-exit, leaving no process behind.
+exit, leaving no process behind: also on SIGTERM (``kill``, ``timeout``, a container stop), which
+the stack turns into an exit that unwinds through ``with Stack(...)``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,10 @@ from services.common.embedded_redis import EmbeddedRedis
 log = logging.getLogger(__name__)
 
 SERVICES = ("verifier", "generator", "trainer")
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 @dataclass
@@ -49,10 +55,15 @@ class Stack:
         self.redis: EmbeddedRedis | None = None
         self.procs: dict[str, Proc] = {}
         self.stopping = False
+        self._prev_sigterm = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "Stack":
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if threading.current_thread() is threading.main_thread():
+            # Python's default SIGTERM ends the process without unwinding, which would orphan
+            # the services (own sessions) and Redis; an exit status of 128 + 15 unwinds instead.
+            self._prev_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         if not self.cfg.redis.url:
             self.redis = EmbeddedRedis(self.run_dir / "redis").start()
             self.cfg = self.cfg.model_copy(update={"redis": self.cfg.redis.model_copy(
@@ -121,6 +132,9 @@ class Stack:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.stopping = True
+        restore = self._prev_sigterm is not None and threading.current_thread() is threading.main_thread()
+        if restore:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut teardown short
         for proc in self.procs.values():
             self._kill_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
@@ -133,6 +147,9 @@ class Stack:
             proc.popen.wait()
         if self.redis:
             self.redis.stop()
+        if restore:
+            signal.signal(signal.SIGTERM, self._prev_sigterm)
+            self._prev_sigterm = None
 
     @staticmethod
     def _kill_group(proc: Proc, sig: int) -> None:
