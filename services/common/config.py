@@ -55,6 +55,11 @@ class TaskConfig(Section):
     linear_max_coef: int = 9  # linear: a x + b = d with 2 <= a <= max
     linear_max_value: int = 9  # linear: |x| and |b| up to this
     linear_two_sided: float = Field(0.3, ge=0, le=1)  # linear: share of a x + b = c x + d
+    # linear: how the SFT traces check x. compact: "check 5*6-3=27 ok" (the verdict follows the
+    # value alone); compare: "check 5*6-3=27 vs 27 ok" (the two numbers compared are written
+    # next to the verdict); stepwise: compare, with one operation per step ("check 5*6=30
+    # 30-3=27 vs 27 ok") and a failed check redoing the whole attempt (docs/tasks.md)
+    linear_check: Literal["compact", "compare", "stepwise"] = "compact"
     # mix: relative weight of each family (a family left out, or weighted 0, never appears)
     mix_weights: dict[Literal["addition", "fractions", "linear"], float] = Field(
         default_factory=lambda: {"addition": 1.0, "fractions": 1.0, "linear": 1.0})

@@ -232,15 +232,19 @@ class LinearTask:
     with 2 <= a <= max_coef, |x| <= max_value and 1 <= |b| <= max_value; d follows from x."""
 
     def __init__(self, max_coef: int = 9, max_value: int = 9, two_sided: float = 0.3,
-                 seed: int = 1234, split: Split = "train", wrong_first_share: float = 0.3) -> None:
+                 seed: int = 1234, split: Split = "train", wrong_first_share: float = 0.3,
+                 check: Literal["compact", "compare", "stepwise"] = "compact") -> None:
         if max_value < 1 or max_coef < (3 if two_sided else 2):
             raise ValueError("linear needs max_value >= 1 and max_coef >= 2 (3 when two-sided)")
+        if check not in ("compact", "compare", "stepwise"):
+            raise ValueError(f"linear check must be compact, compare or stepwise, not {check!r}")
         self.max_coef = max_coef
         self.max_value = max_value
         self.two_sided = two_sided
         self.seed = seed
         self.split = split
         self.wrong_first_share = wrong_first_share
+        self.check = check
 
     def problem(self, index: int) -> LinearProblem:
         def make(rng: random.Random) -> LinearProblem:
@@ -256,6 +260,8 @@ class LinearTask:
     def cot(self, problem: LinearProblem, rng: random.Random, p_error: float | None = None) -> str:
         """Collect x on the left, divide, then substitute x back into both sides."""
         p_error = self.wrong_first_share if p_error is None else p_error
+        if self.check == "stepwise":
+            return self._stepwise(problem, rng.random() < p_error, rng)
         a, b, c, d, x = problem.a, problem.b, problem.c, problem.d, problem.x
         k, rhs = a - c, d - b
         work = f"{k}x={d}{-b:+d}={rhs}"
@@ -266,16 +272,54 @@ class LinearTask:
             if c:  # both sides are evaluated: two different values name the mismatch
                 right = c * guess + d
                 sides = f"{a}*{g}{b:+d}={left} {c}*{g}{d:+d}={right}"
+                if self.check == "compare":
+                    sides += f" {left} vs {right}"
                 verdict = "ok" if left == right else "no"
             else:
                 sides = f"{a}*{g}{b:+d}={left}"
-                verdict = "ok" if left == d else f"not {d} no"
+                if self.check == "compare":
+                    sides, verdict = f"{sides} vs {d}", "ok" if left == d else "no"
+                else:
+                    verdict = "ok" if left == d else f"not {d} no"
             return f"x={rhs}/{k}={guess} check {sides} {verdict}"
 
         parts = [work]
         if rng.random() < p_error:
             parts.append(attempt(x + rng.choice([-2, -1, 1, 2])) + ";")  # a slip in the division
         parts.append(attempt(x))
+        return " ".join(parts) + f" \\boxed{{{x}}}"
+
+    def _stepwise(self, problem: LinearProblem, wrong_first: bool, rng: random.Random) -> str:
+        """Each check step is one operation (a product, then a sum), and the verdict follows the
+        two numbers it compares, so it can be read off the text rather than recalled; a wrong
+        first attempt slips in the subtraction or the division and the retry redoes both."""
+        a, b, c, d, x = problem.a, problem.b, problem.c, problem.d, problem.x
+        k, rhs = a - c, d - b
+
+        def side(coef: int, guess: int, const: int) -> tuple[str, int]:
+            g = f"({guess})" if guess < 0 else str(guess)
+            product = coef * guess
+            return f"{coef}*{g}={product} {product}{const:+d}={product + const}", product + const
+
+        def attempt(rhs_written: int, guess: int) -> str:
+            left_text, left = side(a, guess, b)
+            if c:
+                right_text, right = side(c, guess, d)
+                steps, target = f"{left_text} {right_text} {left}", right
+            else:
+                steps, target = left_text, d
+            verdict = "ok" if left == target else "no"
+            return (f"{k}x={d}{-b:+d}={rhs_written} x={rhs_written}/{k}={guess} "
+                    f"check {steps} vs {target} {verdict}")
+
+        parts = []
+        if wrong_first:
+            delta = rng.choice([-1, 1])
+            if rng.random() < 0.5:  # a slip in the subtraction (kept divisible by k)
+                parts.append(attempt(rhs + delta * k, x + delta) + ";")
+            else:  # a slip in the division
+                parts.append(attempt(rhs, x + rng.choice([-2, -1, 1, 2])) + ";")
+        parts.append(attempt(rhs, x))
         return " ".join(parts) + f" \\boxed{{{x}}}"
 
 
@@ -312,7 +356,7 @@ def make_task(cfg: TaskConfig, split: Split = "train") -> Task:
         if name == "fractions":
             return FractionsTask(cfg.fraction_max_den, seed, split, share)
         return LinearTask(cfg.linear_max_coef, cfg.linear_max_value, cfg.linear_two_sided,
-                          seed, split, share)
+                          seed, split, share, cfg.linear_check)
 
     if cfg.name == "mix":
         tasks = {n: family(n) for n, w in cfg.mix_weights.items() if w > 0}

@@ -244,3 +244,72 @@ def test_bad_task_configs_are_rejected():
         make_task(TaskConfig(name="mix", mix_weights={"linear": 0.0}))
     with pytest.raises(ValueError):
         make_task(TaskConfig(name="mix", mix_weights={"linear": -1.0, "fractions": 2.0}))
+
+
+_STEPWISE = re.compile(
+    r"(-?\d+)x=(-?\d+)([+-]\d+)=(-?\d+) x=(-?\d+)/(-?\d+)=(-?\d+) check (.*?) vs (-?\d+) (ok|no)")
+
+
+def test_stepwise_linear_checks_one_operation_at_a_time_and_read_the_verdict_off_the_text():
+    """Every check step is true arithmetic on what the attempt wrote, the verdict compares the
+    two numbers around ``vs``, a failed attempt is redone from the start, and only the wrong
+    attempt's subtraction or division is off."""
+    task = make_task(TaskConfig(name="linear", linear_check="stepwise"))
+    rng = random.Random(3)
+    slips = Counter()
+    for i in range(400):
+        p = task.problem(i)
+        cot = task.cot(p, rng, p_error=0.5)
+        attempts = _STEPWISE.findall(cot)
+        assert len(attempts) == 1 + (" no; " in cot) and cot.endswith(f"\\boxed{{{p.x}}}")
+        assert len(cot.encode()) + 1 <= 192  # byte-level tokens + EOS: fits max_tokens=192
+        for n, (k, d, neg_b, rhs, rhs_again, k_again, guess, steps, target, verdict) in enumerate(attempts):
+            last = n == len(attempts) - 1
+            assert (int(k), int(d), -int(neg_b)) == (p.a - p.c, p.d, p.b)
+            assert (rhs_again, k_again) == (rhs, k) and (verdict == "ok") == last
+            sums = re.findall(r"(-?\d+)\*\(?(-?\d+)\)?=(-?\d+) (-?\d+)([+-]\d+)=(-?\d+)", steps)
+            assert len(sums) == (2 if p.c else 1)
+            for coef, g, product, product_again, const, total in sums:
+                assert int(g) == int(guess) and int(coef) * int(g) == int(product) == int(product_again)
+                assert int(product) + int(const) == int(total)
+            left = int(sums[0][5])
+            right = int(sums[1][5]) if p.c else p.d
+            if p.c:
+                assert steps.endswith(f" {left}")
+            assert int(target) == right and (left == right) == (verdict == "ok")
+            if last:
+                assert int(rhs) == p.d - p.b and int(guess) == p.x
+            elif int(rhs) != p.d - p.b:
+                slips["subtraction"] += 1
+                assert int(rhs) == p.d - p.b + (int(guess) - p.x) * int(k)  # still divisible
+            else:
+                slips["division"] += 1
+                assert 1 <= abs(int(guess) - p.x) <= 2
+    assert slips["subtraction"] > 40 and slips["division"] > 40
+
+
+def test_the_linear_check_style_leaves_the_problems_and_the_compact_traces_alone():
+    compact, default = (make_task(TaskConfig(name="linear", **kw)) for kw in ({"linear_check": "compact"}, {}))
+    stepwise = make_task(TaskConfig(name="linear", linear_check="stepwise"))
+    for i in range(50):
+        assert compact.problem(i) == stepwise.problem(i)
+        assert compact.cot(compact.problem(i), random.Random(i)) == default.cot(default.problem(i), random.Random(i))
+    with pytest.raises(ValidationError):
+        TaskConfig(linear_check="loose")
+    with pytest.raises(ValueError):
+        LinearTask(check="loose")  # type: ignore[arg-type]
+    assert "vs" not in default.cot(default.problem(0), random.Random(0), p_error=1.0)
+
+
+def test_compare_linear_checks_write_both_numbers_before_the_verdict():
+    task = make_task(TaskConfig(name="linear", linear_check="compare"))
+    rng = random.Random(5)
+    for i in range(300):
+        p = task.problem(i)
+        cot = task.cot(p, rng, p_error=0.5)
+        assert _linear_checks_hold(cot, p.a, p.b, p.c, p.d, p.x) == (" no; " in cot)
+        for left, right, verdict in re.findall(r" (-?\d+) vs (-?\d+) (ok|no)", cot):
+            assert (left == right) == (verdict == "ok")
+            if not p.c:
+                assert int(right) == p.d
+        assert cot.count(" vs ") == cot.count(" check ")
