@@ -46,6 +46,9 @@ class ModelConfig(Section):
     seed: int = 0
 
 
+LinearCheck = Literal["compact", "compare", "stepwise"]  # task.linear_check
+
+
 class TaskConfig(Section):
     # The procedural task family (services/trainer/task.py, docs/tasks.md)
     name: Literal["addition", "fractions", "linear", "mix"] = "addition"
@@ -59,7 +62,7 @@ class TaskConfig(Section):
     # value alone); compare: "check 5*6-3=27 vs 27 ok" (the two numbers compared are written
     # next to the verdict); stepwise: compare, with one operation per step ("check 5*6=30
     # 30-3=27 vs 27 ok") and a failed check redoing the whole attempt (docs/tasks.md)
-    linear_check: Literal["compact", "compare", "stepwise"] = "compact"
+    linear_check: LinearCheck = "compact"
     # mix: relative weight of each family (a family left out, or weighted 0, never appears)
     mix_weights: dict[Literal["addition", "fractions", "linear"], float] = Field(
         default_factory=lambda: {"addition": 1.0, "fractions": 1.0, "linear": 1.0})

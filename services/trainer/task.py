@@ -31,9 +31,9 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import ClassVar, Literal, Protocol, TypeVar
+from typing import ClassVar, Literal, Protocol, TypeVar, get_args
 
-from services.common.config import TaskConfig
+from services.common.config import LinearCheck, TaskConfig
 
 FAMILIES = ("addition", "fractions", "linear")
 HELDOUT_MOD = 8
@@ -233,11 +233,11 @@ class LinearTask:
 
     def __init__(self, max_coef: int = 9, max_value: int = 9, two_sided: float = 0.3,
                  seed: int = 1234, split: Split = "train", wrong_first_share: float = 0.3,
-                 check: Literal["compact", "compare", "stepwise"] = "compact") -> None:
+                 check: LinearCheck = "compact") -> None:
         if max_value < 1 or max_coef < (3 if two_sided else 2):
             raise ValueError("linear needs max_value >= 1 and max_coef >= 2 (3 when two-sided)")
-        if check not in ("compact", "compare", "stepwise"):
-            raise ValueError(f"linear check must be compact, compare or stepwise, not {check!r}")
+        if check not in get_args(LinearCheck):
+            raise ValueError(f"linear check must be one of {get_args(LinearCheck)}, not {check!r}")
         self.max_coef = max_coef
         self.max_value = max_value
         self.two_sided = two_sided
