@@ -134,6 +134,11 @@ def _reduced(num: int, den: int) -> str:
     return "" if value.denominator == den else f"={_plain(value)}"
 
 
+def _operand(n: int) -> str:
+    """A factor as written after ``*``: negatives in parentheses (``7*(-3)``)."""
+    return f"({n})" if n < 0 else str(n)
+
+
 def split_of(prompt: str) -> Split:
     bucket = zlib.crc32(prompt.encode()) % HELDOUT_MOD
     return next(name for name, buckets in _BUCKETS.items() if bucket in buckets)  # type: ignore[return-value]
@@ -267,7 +272,7 @@ class LinearTask:
         work = f"{k}x={d}{-b:+d}={rhs}"
 
         def attempt(guess: int) -> str:
-            g = f"({guess})" if guess < 0 else str(guess)
+            g = _operand(guess)
             left = a * guess + b
             if c:  # both sides are evaluated: two different values name the mismatch
                 right = c * guess + d
@@ -297,9 +302,8 @@ class LinearTask:
         k, rhs = a - c, d - b
 
         def side(coef: int, guess: int, const: int) -> tuple[str, int]:
-            g = f"({guess})" if guess < 0 else str(guess)
             product = coef * guess
-            return f"{coef}*{g}={product} {product}{const:+d}={product + const}", product + const
+            return f"{coef}*{_operand(guess)}={product} {product}{const:+d}={product + const}", product + const
 
         def attempt(rhs_written: int, guess: int) -> str:
             left_text, left = side(a, guess, b)
