@@ -104,7 +104,7 @@ def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
         problems = validation_problems(cfg, tc.sft_plateau_problems)
         watch = Plateau(lambda m: greedy_accuracy_hf(m, tok, problems, cfg.generator.max_tokens, scorer),
                         tc.sft_plateau_every, tc.sft_plateau_patience, tc.sft_plateau_min_delta,
-                        tc.sft_plateau_lr_decays, tc.sft_plateau_lr_factor)
+                        tc.sft_plateau_lr_decays, tc.sft_plateau_lr_factor, tc.sft_plateau_min_steps)
     try:
         with _progress(console) as bar:
             task = bar.add_task(label, total=steps, info="")
@@ -230,8 +230,9 @@ def write_report(run_dir: Path, cfg: T1Config, rl: RLRun, counts: dict[str, int]
         f"{tc.groups_per_step} prompts/step, temperature {cfg.generator.temperature}, "
         f"max_staleness {tc.max_staleness}, entropy bonus {tc.entropy_coef}, KL to the anchor "
         f"{tc.kl_mode} x {tc.kl_coef}, anchor rotated every {tc.anchor_interval} versions",
-        f"- SFT: {sft['steps']} steps in {sft['seconds']:.0f}s ({sft['validation_s']:.0f}s of it "
-        f"validation), final loss {sft_losses[-1]:.3f}"
+        f"- SFT: {sft['steps']} steps on {tc.sft_examples} fixed synthesized traces "
+        f"({cfg.task.wrong_first_share:.0%} correct a failed first attempt) in {sft['seconds']:.0f}s "
+        f"({sft['validation_s']:.0f}s of it validation), final loss {sft_losses[-1]:.3f}"
         + (" (stopped at its plateau)" if sft["at_plateau"] else "")
         if sft_losses else "- SFT: skipped",
         f"- RL: {len(steps)} steps in {rl_seconds:.0f}s: service start-up {rl.start_up_s:.0f}s, "

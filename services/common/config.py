@@ -186,6 +186,8 @@ class TrainerConfig(Section):
     sft_plateau_every: int = 0
     sft_plateau_patience: int = 3  # evaluations without a gain of more than min_delta
     sft_plateau_min_delta: float = 0.01
+    # no plateau before this step: early on accuracy is near zero and noise looks flat
+    sft_plateau_min_steps: int = Field(0, ge=0)
     sft_plateau_problems: int = 100
     # at a plateau, multiply the SFT learning rate by sft_plateau_lr_factor and watch again,
     # this many times, before SFT stops

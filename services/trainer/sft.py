@@ -157,7 +157,8 @@ class Plateau:
     ``restart``) add no more than ``min_delta`` to the best before them. ``run_sft`` then lowers
     the learning rate and restarts the watch, ``lr_decays`` times, before it stops: with a
     constant rate the weights keep moving around the optimum and more training still pays
-    (T1 trains SFT to convergence before RL)."""
+    (T1 trains SFT to convergence before RL). No plateau is called before ``min_steps``: while
+    the format is being learnt, accuracy sits near zero and its noise looks like a plateau."""
 
     evaluate: Callable[[torch.nn.Module], float]
     every: int = 50
@@ -165,6 +166,7 @@ class Plateau:
     min_delta: float = 0.01
     lr_decays: int = 0
     lr_factor: float = 0.25
+    min_steps: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)
     restarts: list[int] = field(default_factory=list)  # steps at which the rate was lowered
     seconds: float = 0.0  # spent evaluating (not training)
@@ -179,7 +181,7 @@ class Plateau:
         model.train(was_training)
         scores = [s for _, s in self.history]
         since = sum(1 for s, _ in self.history if s <= self.restarts[-1]) if self.restarts else 0
-        if len(scores) - since < self.patience or len(scores) <= self.patience:
+        if step < self.min_steps or len(scores) - since < self.patience or len(scores) <= self.patience:
             return False
         return max(scores[-self.patience:]) <= max(scores[:-self.patience]) + self.min_delta
 

@@ -94,6 +94,20 @@ def test_plateau_after_a_restart_needs_patience_new_scores():
     assert [p.reached(s, model) for s in (60, 70, 80)] == [False, False, True]
 
 
+def test_no_plateau_before_min_steps():
+    from services.trainer.sft import Plateau
+
+    # the flat start (0.11, 0.10, 0.12) would be a plateau at patience 2; min_steps waits it out
+    scores = iter([0.11, 0.10, 0.12, 0.26, 0.23, 0.37, 0.37, 0.36])
+    p = Plateau(evaluate=lambda _m: next(scores), every=100, patience=2, min_delta=0.01, min_steps=400)
+    model = torch.nn.Linear(1, 1)
+    stops = [p.reached(s, model) for s in range(100, 900, 100)]
+    assert stops == [False] * 7 + [True]
+    assert [s for s, _ in p.history] == list(range(100, 900, 100))  # scored every time
+    early = Plateau(evaluate=lambda _m: 0.1, every=100, patience=2, min_delta=0.01)
+    assert [early.reached(s, model) for s in (100, 200, 300)] == [False, False, True]
+
+
 def test_sft_stops_at_the_plateau_and_the_greedy_evaluator_batches_exactly(tmp_path, make_config,
                                                                           tiny_model_dir, caplog):
     from services.common.config import load_config
