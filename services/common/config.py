@@ -47,6 +47,7 @@ class ModelConfig(Section):
 
 
 LinearCheck = Literal["compact", "compare", "stepwise"]  # task.linear_check
+LinearRetry = Literal["division", "redo"]  # task.linear_retry
 
 
 class TaskConfig(Section):
@@ -63,6 +64,14 @@ class TaskConfig(Section):
     # next to the verdict); stepwise: compare, with one operation per step ("check 5*6=30
     # 30-3=27 vs 27 ok") and a failed check redoing the whole attempt (docs/tasks.md)
     linear_check: LinearCheck = "compact"
+    # linear, compact/compare: what a wrong first attempt gets wrong and the retry redoes.
+    # division: the division slips, the retry divides again (the work line is written once);
+    # redo: the subtraction or the division slips, every attempt writes its own work line, so a
+    # retry can repair either (stepwise traces always redo)
+    linear_retry: LinearRetry = "division"
+    # linear: share of the wrong-first traces whose retry fails its check too (two "no"s before
+    # the right attempt), so that a second verdict is not always "ok"
+    linear_retry_fails: float = Field(0.0, ge=0, le=1)
     # mix: relative weight of each family (a family left out, or weighted 0, never appears)
     mix_weights: dict[Literal["addition", "fractions", "linear"], float] = Field(
         default_factory=lambda: {"addition": 1.0, "fractions": 1.0, "linear": 1.0})

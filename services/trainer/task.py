@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar, Literal, Protocol, TypeVar, get_args
 
-from services.common.config import LinearCheck, TaskConfig
+from services.common.config import LinearCheck, LinearRetry, TaskConfig
 
 FAMILIES = ("addition", "fractions", "linear")
 HELDOUT_MOD = 8
@@ -238,11 +238,16 @@ class LinearTask:
 
     def __init__(self, max_coef: int = 9, max_value: int = 9, two_sided: float = 0.3,
                  seed: int = 1234, split: Split = "train", wrong_first_share: float = 0.3,
-                 check: LinearCheck = "compact") -> None:
+                 check: LinearCheck = "compact", retry: LinearRetry = "division",
+                 retry_fails: float = 0.0) -> None:
         if max_value < 1 or max_coef < (3 if two_sided else 2):
             raise ValueError("linear needs max_value >= 1 and max_coef >= 2 (3 when two-sided)")
         if check not in get_args(LinearCheck):
             raise ValueError(f"linear check must be one of {get_args(LinearCheck)}, not {check!r}")
+        if retry not in get_args(LinearRetry):
+            raise ValueError(f"linear retry must be one of {get_args(LinearRetry)}, not {retry!r}")
+        if not 0.0 <= retry_fails <= 1.0:
+            raise ValueError(f"linear retry_fails is a share in [0, 1], not {retry_fails!r}")
         self.max_coef = max_coef
         self.max_value = max_value
         self.two_sided = two_sided
@@ -250,6 +255,8 @@ class LinearTask:
         self.split = split
         self.wrong_first_share = wrong_first_share
         self.check = check
+        self.redo = retry == "redo" or check == "stepwise"
+        self.retry_fails = retry_fails
 
     def problem(self, index: int) -> LinearProblem:
         def make(rng: random.Random) -> LinearProblem:
@@ -262,6 +269,26 @@ class LinearTask:
             return LinearProblem(index, a, b, c, (a - c) * x + b, x)
         return _draw(random.Random(f"{self.seed}:linear:{index}"), make, self.split)
 
+    def _wrong_attempts(self, k: int, rhs: int, x: int, rng: random.Random) -> list[tuple[int, int]]:
+        """(written right-hand side, x) of each failed attempt before the right one: a slip in
+        the division, or (redo) in the subtraction, kept divisible by k; in a share
+        ``retry_fails`` a second failed attempt with another x follows the first."""
+        def slip() -> tuple[int, int]:
+            if not self.redo:
+                return rhs, x + rng.choice([-2, -1, 1, 2])
+            delta = rng.choice([-1, 1])
+            if rng.random() < 0.5:
+                return rhs + delta * k, x + delta
+            return rhs, x + rng.choice([-2, -1, 1, 2])
+
+        wrong = [slip()]
+        if self.retry_fails and rng.random() < self.retry_fails:
+            second = slip()
+            while second[1] == wrong[0][1]:
+                second = slip()
+            wrong.append(second)
+        return wrong
+
     def cot(self, problem: LinearProblem, rng: random.Random, p_error: float | None = None) -> str:
         """Collect x on the left, divide, then substitute x back into both sides."""
         p_error = self.wrong_first_share if p_error is None else p_error
@@ -269,9 +296,11 @@ class LinearTask:
             return self._stepwise(problem, rng.random() < p_error, rng)
         a, b, c, d, x = problem.a, problem.b, problem.c, problem.d, problem.x
         k, rhs = a - c, d - b
-        work = f"{k}x={d}{-b:+d}={rhs}"
 
-        def attempt(guess: int) -> str:
+        def work(rhs_written: int) -> str:
+            return f"{k}x={d}{-b:+d}={rhs_written}"
+
+        def attempt(rhs_written: int, guess: int) -> str:
             g = _operand(guess)
             left = a * guess + b
             if c:  # both sides are evaluated: two different values name the mismatch
@@ -286,12 +315,13 @@ class LinearTask:
                     sides, verdict = f"{sides} vs {d}", "ok" if left == d else "no"
                 else:
                     verdict = "ok" if left == d else f"not {d} no"
-            return f"x={rhs}/{k}={guess} check {sides} {verdict}"
+            head = f"{work(rhs_written)} " if self.redo else ""
+            return f"{head}x={rhs_written}/{k}={guess} check {sides} {verdict}"
 
-        parts = [work]
-        if rng.random() < p_error:
-            parts.append(attempt(x + rng.choice([-2, -1, 1, 2])) + ";")  # a slip in the division
-        parts.append(attempt(x))
+        wrong = self._wrong_attempts(k, rhs, x, rng) if rng.random() < p_error else []
+        parts = [] if self.redo else [work(rhs)]
+        parts += [attempt(r, g) + ";" for r, g in wrong]
+        parts.append(attempt(rhs, x))
         return " ".join(parts) + f" \\boxed{{{x}}}"
 
     def _stepwise(self, problem: LinearProblem, wrong_first: bool, rng: random.Random) -> str:
@@ -316,13 +346,8 @@ class LinearTask:
             return (f"{k}x={d}{-b:+d}={rhs_written} x={rhs_written}/{k}={guess} "
                     f"check {steps} vs {target} {verdict}")
 
-        parts = []
-        if wrong_first:
-            delta = rng.choice([-1, 1])
-            if rng.random() < 0.5:  # a slip in the subtraction (kept divisible by k)
-                parts.append(attempt(rhs + delta * k, x + delta) + ";")
-            else:  # a slip in the division
-                parts.append(attempt(rhs, x + rng.choice([-2, -1, 1, 2])) + ";")
+        wrong = self._wrong_attempts(k, rhs, x, rng) if wrong_first else []
+        parts = [attempt(r, g) + ";" for r, g in wrong]
         parts.append(attempt(rhs, x))
         return " ".join(parts) + f" \\boxed{{{x}}}"
 
@@ -360,7 +385,8 @@ def make_task(cfg: TaskConfig, split: Split = "train") -> Task:
         if name == "fractions":
             return FractionsTask(cfg.fraction_max_den, seed, split, share)
         return LinearTask(cfg.linear_max_coef, cfg.linear_max_value, cfg.linear_two_sided,
-                          seed, split, share, cfg.linear_check)
+                          seed, split, share, cfg.linear_check, cfg.linear_retry,
+                          cfg.linear_retry_fails)
 
     if cfg.name == "mix":
         tasks = {n: family(n) for n, w in cfg.mix_weights.items() if w > 0}

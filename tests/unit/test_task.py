@@ -313,3 +313,58 @@ def test_compare_linear_checks_write_both_numbers_before_the_verdict():
             if not p.c:
                 assert int(right) == p.d
         assert cot.count(" vs ") == cot.count(" check ")
+
+
+_WORK = re.compile(r"(-?\d+)x=(-?\d+)([+-]\d+)=(-?\d+) x=(-?\d+)/(\d+)=(-?\d+) check")
+
+
+def test_redo_retries_write_their_own_work_and_repair_a_slip_in_either_step():
+    """linear_retry=redo: each attempt writes its subtraction, a wrong first attempt slips in the
+    subtraction (kept divisible) or the division, and the checks are still true arithmetic."""
+    task = make_task(TaskConfig(name="linear", linear_retry="redo"))
+    rng = random.Random(4)
+    slips = Counter()
+    for i in range(400):
+        p = task.problem(i)
+        cot = task.cot(p, rng, p_error=0.5)
+        failed = _linear_checks_hold(cot, p.a, p.b, p.c, p.d, p.x)
+        attempts = _WORK.findall(cot)
+        assert len(attempts) == 1 + failed == cot.count(" check ")
+        assert len(cot.encode()) + 1 <= 144  # byte-level tokens + EOS: generator.max_tokens=144
+        for k, d, neg_b, rhs, rhs_again, k_again, guess in attempts[:-1]:
+            assert (int(k), int(d), -int(neg_b)) == (p.a - p.c, p.d, p.b) and rhs == rhs_again
+            if int(rhs) != p.d - p.b:
+                slips["subtraction"] += 1
+                assert int(rhs) == p.d - p.b + (int(guess) - p.x) * int(k)
+            else:
+                slips["division"] += 1
+                assert 1 <= abs(int(guess) - p.x) <= 2
+        assert int(attempts[-1][3]) == p.d - p.b and int(attempts[-1][6]) == p.x
+    assert slips["subtraction"] > 40 and slips["division"] > 40
+
+
+@pytest.mark.parametrize("retry", ["division", "redo"])
+def test_a_share_of_retries_fails_its_check_too(retry):
+    task = make_task(TaskConfig(name="linear", linear_retry=retry, linear_retry_fails=0.5))
+    rng = random.Random(6)
+    failures = Counter()
+    for i in range(400):
+        p = task.problem(i)
+        cot = task.cot(p, rng, p_error=1.0)
+        _linear_checks_hold(cot, p.a, p.b, p.c, p.d, p.x)  # every verdict matches its arithmetic
+        guesses = [int(g) for g in re.findall(r"x=-?\d+/\d+=(-?\d+) check", cot)]
+        assert len(set(guesses)) == len(guesses) and guesses[-1] == p.x
+        failures[cot.count(" no;")] += 1
+    assert set(failures) == {1, 2} and 140 < failures[2] < 260
+    with pytest.raises(ValidationError):
+        TaskConfig(linear_retry_fails=1.5)
+    with pytest.raises(ValidationError):
+        TaskConfig(linear_retry="again")
+
+
+def test_the_retry_knobs_leave_the_default_traces_alone():
+    default = make_task(TaskConfig(name="linear"))
+    explicit = make_task(TaskConfig(name="linear", linear_retry="division", linear_retry_fails=0.0))
+    rng_a, rng_b = random.Random(2), random.Random(2)
+    for i in range(200):
+        assert default.cot(default.problem(i), rng_a) == explicit.cot(explicit.problem(i), rng_b)
