@@ -111,7 +111,9 @@ def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
 
             def on_step(step: int, loss: float) -> None:
                 losses.append(loss)
-                val = f", val acc {watch.history[-1][1]:.3f}" if watch and watch.history else ""
+                # the latest validation, named by the step it was taken at (every sft_plateau_every)
+                val = (f", val acc {watch.history[-1][1]:.3f} at step {watch.history[-1][0]}"
+                       if watch and watch.history else "")
                 bar.update(task, completed=step, info=f"loss {loss:.3f}{val}")
                 if not console.is_terminal and (step % 50 == 0 or step == steps):
                     console.print(f"{label} {step}/{steps} loss {loss:.3f}{val}")
