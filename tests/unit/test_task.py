@@ -332,7 +332,7 @@ def test_redo_retries_write_their_own_work_and_repair_a_slip_in_either_step():
         assert len(attempts) == 1 + failed == cot.count(" check ")
         assert len(cot.encode()) + 1 <= 144  # byte-level tokens + EOS: generator.max_tokens=144
         for k, d, neg_b, rhs, rhs_again, k_again, guess in attempts[:-1]:
-            assert (int(k), int(d), -int(neg_b)) == (p.a - p.c, p.d, p.b) and rhs == rhs_again
+            assert (int(k), int(d), -int(neg_b)) == (p.a - p.c, p.d, p.b) and (rhs, k) == (rhs_again, k_again)
             if int(rhs) != p.d - p.b:
                 slips["subtraction"] += 1
                 assert int(rhs) == p.d - p.b + (int(guess) - p.x) * int(k)
