@@ -178,6 +178,9 @@ class TrainerConfig(Section):
     keep_rule: Literal["all", "balanced", "max_variance"] = "all"
     keep_size: int | None = None  # M for max_variance
     checkpoint_interval: int = 1  # DeepSpeed checkpoint every N steps (0: never)
+    # published weights: the newest 3 versions stay, and every Nth one too (0: none), so that
+    # `t1 eval` can compare the checkpoints of a run afterwards
+    keep_versions_every: int = Field(0, ge=0)
     drop_zero_variance: bool = True  # a group whose rewards are all equal carries no signal
     zero_stage: int = 2  # 3 partitions parameters too; they are gathered to publish
     # ZeRO-3: parameters with at most this many elements stay whole on every rank (DeepSpeed's

@@ -48,8 +48,11 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
 
 
 def write_version(weights_dir: Path, version: int, save_model, tokenizer_src: Path,
-                  keep: int = 3) -> tuple[Path, str]:
-    """Write one version atomically. ``save_model(path)`` writes config + safetensors."""
+                  keep: int = 3, keep_every: int = 0) -> tuple[Path, str]:
+    """Write one version atomically. ``save_model(path)`` writes config + safetensors.
+
+    Older versions are pruned to the newest ``keep``, except every ``keep_every``-th (0: none),
+    which stay for evaluating the run's checkpoints afterwards."""
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     final = version_dir(weights_dir, version)
@@ -62,13 +65,15 @@ def write_version(weights_dir: Path, version: int, save_model, tokenizer_src: Pa
     if final.exists():  # a trainer that crashed after the rename re-publishes the same version
         shutil.rmtree(final)
     tmp.rename(final)
-    _prune(weights_dir, keep)
+    _prune(weights_dir, keep, keep_every)
     return final, digest
 
 
-def _prune(weights_dir: Path, keep: int) -> None:
+def _prune(weights_dir: Path, keep: int, keep_every: int = 0) -> None:
     versions = sorted(p for p in weights_dir.glob("v[0-9]*") if p.is_dir())
     for old in versions[:-keep]:
+        if keep_every and int(old.name[1:]) % keep_every == 0:
+            continue
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -345,7 +345,8 @@ class RLTrainer:
             rotated = self.anchor.maybe_rotate(self.engine.module, new_version)
             if self.main:
                 path, digest = weights.write_version(self.cfg.weights_dir, new_version,
-                                                     self._save_model, self.tokenizer_src)
+                                                     self._save_model, self.tokenizer_src,
+                                                     keep_every=tc.keep_versions_every)
         if tc.checkpoint_interval and new_version % tc.checkpoint_interval == 0:
             self.checkpoints.save(self.engine, self.anchor, new_version)  # collective
         verdicts = [v for g in groups for v in g.verdicts]
