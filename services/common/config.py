@@ -167,6 +167,18 @@ class TrainerConfig(Section):
     grad_clip: float = 1.0
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.28
+    # dual clipping: for a negative advantage the loss is capped at -c x A, so a token whose
+    # importance ratio exploded cannot dominate the step (0: off; verl's clip_ratio_c)
+    dual_clip: float = Field(3.0, ge=0)
+    # Rollout correction of the trainer/generator mismatch, on the ratio pi_trainer/pi_behaviour:
+    # none (the clipped ratio alone), mask (tokens or sequences whose ratio -- a sequence's
+    # geometric mean -- lies outside [is_low, is_high] are left out of the loss) or truncate
+    # (truncated importance sampling: the gradient weighted by min(ratio, is_high); a
+    # sequence's product of ratios at is_level=sequence)
+    is_correction: Literal["none", "mask", "truncate"] = "none"
+    is_level: Literal["token", "sequence"] = "token"
+    is_low: float = Field(0.5, ge=0)
+    is_high: float = Field(2.0, gt=0)
     entropy_coef: float = 0.0  # alpha: entropy bonus over the full vocabulary
     # KL to the dynamic anchor: folded into the reward (T1), a k3 loss term, or off
     kl_mode: Literal["reward", "loss", "none"] = "reward"
@@ -174,6 +186,8 @@ class TrainerConfig(Section):
     anchor_interval: int = 50  # rotate the anchor every N policy versions (0: never)
     anchor_mode: Literal["hard", "ema"] = "hard"
     anchor_ema_decay: float = 0.9  # ema: anchor <- decay * anchor + (1 - decay) * policy
+    # keep the anchor's weights in CPU memory and move them to the GPU only for its pass
+    anchor_offload: bool = False
     # oversampling: which of the K samples of a group are trained on
     keep_rule: Literal["all", "balanced", "max_variance"] = "all"
     keep_size: int | None = None  # M for max_variance
@@ -186,9 +200,17 @@ class TrainerConfig(Section):
     # ZeRO-3: parameters with at most this many elements stay whole on every rank (DeepSpeed's
     # default); 0 partitions every one of them
     zero3_param_persistence_threshold: int = 100_000
-    # Gradient accumulation: micro-batches of whole groups up to this many padded tokens, their
-    # losses weighted so the step equals one pass over the batch (0: the batch in one pass).
-    micro_batch_tokens: int = 0
+    # Gradient accumulation: micro-batches of sequences (a group may span several) up to this
+    # many padded tokens, their losses weighted so the step equals one pass over the batch
+    # (0: the batch in one pass).
+    micro_batch_tokens: int = Field(0, ge=0)
+    # Padding-free packing: sequences share rows of up to this many tokens, attention kept within
+    # each (0: a row per sequence). Pays with flash-attention's variable-length kernels; with
+    # sdpa/eager a packed row costs attention over its whole width.
+    pack_row_tokens: int = Field(0, ge=0)
+    # Log-probs and entropy through the LM head in chunks of this many tokens (activation
+    # checkpointed), so a step never holds [tokens, vocab] logits for more than one chunk
+    logprob_chunk_tokens: int = Field(1024, ge=1)
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
     tensorboard: bool = True  # step scalars under {run_dir}/tensorboard (rank 0)
     wandb_project: str | None = None  # also log to W&B when set and `wandb` is installed

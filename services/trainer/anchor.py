@@ -7,15 +7,28 @@ step towards it (``ema``). Its version travels in logs and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from services.trainer.packing import Packed
+from services.trainer.policy import Policy
 
 
 class Anchor:
+    """``device``: where its log-probs are computed (the policy engine's). ``offload``: keep the
+    weights in CPU memory between passes and move them to ``device`` only for the anchor pass
+    (less device memory, a host-to-device copy per step)."""
+
     def __init__(self, model: torch.nn.Module, interval: int, mode: str = "hard",
-                 ema_decay: float = 0.9, version: int = 0) -> None:
-        self.model = model.eval()
+                 ema_decay: float = 0.9, version: int = 0, device: torch.device | str = "cpu",
+                 offload: bool = False, chunk_tokens: int = 1024) -> None:
+        self.device = torch.device(device)
+        self.offload = offload and self.device.type != "cpu"
+        self.model = model.eval().to("cpu" if self.offload else self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.scorer = Policy(self.model, chunk_tokens)
         self.interval = interval
         self.mode = mode
         self.ema_decay = ema_decay
@@ -42,9 +55,24 @@ class Anchor:
             return True
         return False
 
+    @contextlib.contextmanager
+    def on_device(self):
+        """The weights on ``device`` for the duration (a no-op unless offloaded)."""
+        if not self.offload:
+            yield
+            return
+        self.model.to(self.device)
+        try:
+            yield
+        finally:
+            self.model.to("cpu")
+
     @torch.no_grad()
-    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def token_logprobs(self, batch: Packed, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+        """Log-probs [M] of the batch's scored tokens under the anchor (call inside ``on_device``)."""
+        logp, _ = self.scorer(batch.input_ids, batch.position_ids, batch.score_at, batch.targets,
+                              temperature, top_p, with_entropy=False)
+        return logp
 
     def state_dict(self) -> dict:
         return {"version": self.version, "model": self.model.state_dict()}

@@ -1,8 +1,8 @@
 """Data-parallel plumbing for the RL trainer: ranks, broadcasts, sharding, micro-batches.
 
-Rank 0 alone talks to Redis; every other rank receives the admitted batch from it. Groups are
-the unit of sharding and of micro-batching: RLOO (and the KL folded into the reward) needs all
-K samples of a prompt in one forward pass.
+Rank 0 alone talks to Redis; every other rank receives the admitted batch from it. Sequences are
+the unit of sharding and of micro-batching: a group's RLOO advantages (and the KL folded into
+its rewards) are computed for the whole group before its samples are split.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import os
 
 import torch
 import torch.distributed as dist
-
-from services.common.schemas import ScoredGroup
 
 
 def rank() -> int:
@@ -43,10 +41,36 @@ def broadcast(obj):
     return box[0]
 
 
+def comm_device() -> torch.device:
+    """Where collectives' tensors must live: NCCL reduces CUDA tensors only, gloo CPU ones."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if world_size() > 1:
-        dist.all_reduce(t, op=op)
-    return t
+    """``t`` reduced over the ranks, on ``t``'s own device (moved to the backend's for the call)."""
+    if world_size() == 1:
+        return t
+    on = t.to(comm_device())
+    dist.all_reduce(on, op=op)
+    return on.to(t.device)
+
+
+def all_gather_1d(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's 1-D tensor (lengths may differ), concatenated in rank order."""
+    if world_size() == 1:
+        return t
+    dev = comm_device()
+    n = torch.tensor([t.numel()], device=dev)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    longest = int(max(x.item() for x in sizes))
+    padded = torch.zeros(longest, dtype=t.dtype, device=dev)
+    padded[: t.numel()] = t.to(dev)
+    parts = [torch.zeros_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(k.item())] for p, k in zip(parts, sizes)]).to(t.device)
 
 
 def all_gather_lists(xs: list) -> list:
@@ -62,47 +86,19 @@ def barrier() -> None:
         dist.barrier()
 
 
-def group_tokens(g: ScoredGroup) -> int:
-    """Tokens a group occupies once right-padded: K rows of its longest sequence."""
-    p = len(g.rollout.prompt_token_ids)
-    return len(g.rollout.samples) * (p + max(len(s.token_ids) for s in g.rollout.samples))
-
-
-def shard(groups: list[ScoredGroup], n: int) -> list[list[ScoredGroup]]:
-    """Whole groups onto ``n`` ranks, balanced by tokens (greedy, largest first; deterministic)."""
-    if len(groups) < n:
-        raise ValueError(f"{len(groups)} groups cannot feed {n} ranks: set groups_per_step >= world size")
-    order = sorted(range(len(groups)), key=lambda i: (-group_tokens(groups[i]), i))
+def balanced_shards(sizes: list[int], n: int) -> list[list[int]]:
+    """Indices of ``sizes`` onto ``n`` ranks, balanced by size (greedy, largest first;
+    deterministic, so every rank computes the same split). Each part stays in input order."""
+    if len(sizes) < n:
+        raise ValueError(f"{len(sizes)} sequences cannot feed {n} ranks: set groups_per_step >= world size")
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
     parts: list[list[int]] = [[] for _ in range(n)]
     load = [0] * n
     for i in order:
         r = min(range(n), key=lambda j: (load[j], len(parts[j]), j))
         parts[r].append(i)
-        load[r] += group_tokens(groups[i])
-    return [[groups[i] for i in sorted(p)] for p in parts]
-
-
-def micro_batches(groups: list[ScoredGroup], max_tokens: int) -> list[list[ScoredGroup]]:
-    """Consecutive whole groups packed up to ``max_tokens`` padded tokens (0: one batch).
-    A group larger than the budget gets a micro-batch of its own."""
-    if max_tokens <= 0:
-        return [groups]
-    out: list[list[ScoredGroup]] = []
-    for g in groups:
-        candidate = (out[-1] + [g]) if out else None
-        if candidate and _padded(candidate) <= max_tokens:
-            out[-1] = candidate
-        else:
-            out.append([g])
-    return out
-
-
-def _padded(groups: list[ScoredGroup]) -> int:
-    """Padded tokens of one micro-batch: every row padded to the longest sequence in it."""
-    rows = sum(len(g.rollout.samples) for g in groups)
-    longest = max(len(g.rollout.prompt_token_ids) + max(len(s.token_ids) for s in g.rollout.samples)
-                  for g in groups)
-    return rows * longest
+        load[r] += sizes[i]
+    return [sorted(p) for p in parts]
 
 
 @contextlib.contextmanager

@@ -45,9 +45,18 @@ def init_distributed() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if torch.cuda.is_available():
+        # before any collective: NCCL binds each rank's communicator to the current device, and
+        # every rank left on cuda:0 would share one GPU (or hang in the first all-reduce)
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend)
+
+
+def train_dtype(cfg: TrainerConfig) -> torch.dtype:
+    """The dtype the engine computes in (its fp32 master weights live in the optimizer)."""
+    return torch.bfloat16 if bf16(cfg) else torch.float32
 
 
 def bf16(cfg: TrainerConfig) -> bool:
@@ -74,13 +83,14 @@ def ds_config(cfg: TrainerConfig, lr: float) -> dict:
 
 
 def build_engine(model: torch.nn.Module, cfg: TrainerConfig, lr: float):
+    """DeepSpeed engine around ``model``, a ``policy.Policy`` (its HF model is ``model.lm``)."""
     import deepspeed
 
     init_distributed()
     if cfg.gradient_checkpointing:
         # non-reentrant: works with ZeRO-3's parameter hooks and inputs that need no grad
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.lm.config.use_cache = False
     engine, _opt, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                               config=ds_config(cfg, lr))
     return engine

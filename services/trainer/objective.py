@@ -1,11 +1,12 @@
 """The T1 RL objective as small pure functions (DESIGN.md §5).
 
-Shapes: G groups (prompts) of K samples; N = G*K sequences; T response positions; V vocab.
+Shapes: G groups (prompts) of K samples; N = G*K sequences; M scored response tokens (flat,
+sequence after sequence, no padding); V vocab.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,9 +22,11 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor,
                                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each target token and the full-vocabulary entropy at each position.
+    """Log-prob of each target token and the full-vocabulary entropy at each position, from
+    materialised logits (the reference the trainer's chunked path, ``policy.py``, is tested
+    against; the trainer itself never builds ``[N, T, V]``).
 
-    logits: [N, T, V] (already aligned so logits[:, t] predicts targets[:, t]); targets: [N, T].
+    logits: [..., V] aligned so logits[..., t, :] predicts targets[..., t]; targets: [...].
     Temperature-scaled, because the behaviour policy sampled from softmax(logits / T).
     """
     logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
@@ -33,62 +36,145 @@ def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor,
 
 
 def clipped_surrogate(logp: torch.Tensor, behaviour_logp: torch.Tensor, advantages: torch.Tensor,
-                      eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped objective per token, as a loss (to minimise), and the clip indicator.
+                      eps_low: float, eps_high: float, dual_clip: float = 0.0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped objective per token, as a loss (to minimise), with dual clipping.
 
-    logp, behaviour_logp: [N, T]; advantages: [N] broadcast over T. The asymmetric range
-    [1-eps_low, 1+eps_high] also truncates the importance weight of stale samples.
+    All [M] (one advantage per token: its sequence's). For A > 0 the importance ratio is cut at
+    1 + eps_high (no gradient above it); for A < 0 the plain clip leaves large ratios unbounded,
+    so dual clipping (Ye et al. 2020; verl's ``clip_ratio_c``) caps the loss at -c * A (no
+    gradient there either). Returns the loss and two indicators: the clip took effect, and the
+    dual clip did.
     """
     ratio = torch.exp(logp - behaviour_logp)
-    adv = advantages.unsqueeze(-1)
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
-    loss = -torch.minimum(unclipped, clipped)
-    return loss, (unclipped != clipped).float()
+    unclipped = -ratio * advantages
+    clipped = -torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
+    loss = torch.maximum(unclipped, clipped)
+    clip_hit = (clipped > unclipped).float()
+    dual_hit = torch.zeros_like(clip_hit)
+    if dual_clip > 1.0:
+        cap = -dual_clip * advantages
+        dual = (advantages < 0) & (loss > cap)
+        loss = torch.where(dual, cap, loss)
+        dual_hit = dual.float()
+    return loss, clip_hit, dual_hit
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token-level mean over every response token in the batch (not per-sequence first)."""
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+def segment_sum(x: torch.Tensor, seq_index: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-sequence sums of a flat [M] token quantity -> [n]."""
+    return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, seq_index, x)
+
+
+@dataclass
+class Correction:
+    """Rollout correction for the trainer/generator mismatch (verl's rollout correction, TRL's
+    vLLM importance sampling), on the detached ratio pi_trainer / pi_behaviour.
+
+    mode none: the clipped surrogate alone. mask: tokens (level token) or whole sequences (level
+    sequence, by the geometric mean of their ratios) outside [low, high] contribute nothing.
+    truncate: the policy gradient weighted by min(ratio, high) (the sequence's product of ratios
+    at level sequence) in place of PPO's ratio: truncated importance sampling."""
+
+    mode: str = "none"  # none | mask | truncate
+    level: str = "token"  # token | sequence
+    low: float = 0.0
+    high: float = float("inf")
+
+
+def correction_weights(log_ratio: torch.Tensor, seq_index: torch.Tensor, n_seqs: int,
+                       c: Correction) -> torch.Tensor:
+    """Per-token weight [M] (detached) of the rollout correction ``c``."""
+    lr = log_ratio.detach()
+    if c.mode == "none":
+        return torch.ones_like(lr)
+    if c.level == "sequence":
+        total = segment_sum(lr, seq_index, n_seqs)
+        if c.mode == "mask":
+            count = segment_sum(torch.ones_like(lr), seq_index, n_seqs).clamp_min(1.0)
+            lr = (total / count)[seq_index]  # log of the geometric mean ratio
+        else:
+            lr = total[seq_index]  # log of the sequence's importance weight
+    ratio = torch.exp(lr)
+    if c.mode == "mask":
+        return ((ratio >= c.low) & (ratio <= c.high)).float()
+    if c.mode == "truncate":
+        return torch.clamp(ratio, max=c.high)
+    raise ValueError(f"unknown correction mode {c.mode!r}")
 
 
 @dataclass
 class LossInputs:
-    logits: torch.Tensor  # [N, T, V] aligned with response_ids
-    response_ids: torch.Tensor  # [N, T]
-    response_mask: torch.Tensor  # [N, T] 1 for real response tokens
-    behaviour_logp: torch.Tensor  # [N, T] from the generator
-    advantages: torch.Tensor  # [N]
-    anchor_logp: torch.Tensor | None = None  # [N, T] under the anchor; needed for the k3 term
+    """Flat over the M scored response tokens of a micro-batch (no padding)."""
+
+    logp: torch.Tensor  # [M] trainer log-probs, with grad
+    entropy: torch.Tensor  # [M] full-vocabulary entropy, with grad
+    behaviour_logp: torch.Tensor  # [M] from the generator
+    advantages: torch.Tensor  # [M] each token carries its sequence's advantage
+    seq_index: torch.Tensor  # [M] sequence of each token (0..n_seqs-1)
+    n_seqs: int
+    anchor_logp: torch.Tensor | None = None  # [M] under the anchor; needed for the k3 term
 
 
-def t1_policy_loss(inp: LossInputs, temperature: float, eps_low: float, eps_high: float,
-                   entropy_coef: float, kl_loss_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+@dataclass
+class LossSettings:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip: float = 3.0
+    entropy_coef: float = 0.0
+    kl_loss_coef: float = 0.0
+    correction: Correction = field(default_factory=Correction)
+
+
+def t1_policy_loss(inp: LossInputs, s: LossSettings) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy-gradient loss - alpha * entropy (+ beta * k3 KL to the anchor when the KL
-    is a loss term rather than folded into the reward), each a token-level mean."""
-    logp, entropy = token_logprobs_and_entropy(inp.logits, inp.response_ids, temperature)
-    pg, clipped = clipped_surrogate(logp, inp.behaviour_logp, inp.advantages, eps_low, eps_high)
-    mask = inp.response_mask.float()
-    pg_loss = masked_mean(pg, mask)
-    ent = masked_mean(entropy, mask)
-    loss = pg_loss - entropy_coef * ent
+    is a loss term rather than folded into the reward), SUMMED over the tokens: the caller
+    divides by the batch's token count (a token-level mean over the global batch, however it
+    is split). The statistics are token sums too."""
+    log_ratio = inp.logp - inp.behaviour_logp
+    weight = correction_weights(log_ratio, inp.seq_index, inp.n_seqs, s.correction)
+    if s.correction.mode == "truncate":
+        # the importance weight is the truncated one, not PPO's ratio: -w * A * grad(logp)
+        pg = -weight * inp.advantages * torch.exp(inp.logp - inp.logp.detach())
+        clip_hit = dual_hit = torch.zeros_like(pg)
+    else:
+        pg, clip_hit, dual_hit = clipped_surrogate(inp.logp, inp.behaviour_logp, inp.advantages,
+                                                   s.eps_low, s.eps_high, s.dual_clip)
+        pg = pg * weight
+    per_token = pg - s.entropy_coef * inp.entropy
     kl = None
     if inp.anchor_logp is not None:
-        kl = masked_mean(kl_k3(logp, inp.anchor_logp), mask)
-        if kl_loss_coef:
-            loss = loss + kl_loss_coef * kl
+        kl = kl_k3(inp.logp, inp.anchor_logp)
+        if s.kl_loss_coef:
+            per_token = per_token + s.kl_loss_coef * kl
     with torch.no_grad():
-        ratio = torch.exp(logp - inp.behaviour_logp)
-        stats = {
-            "pg_loss": pg_loss.item(),
-            "entropy": ent.item(),
-            "clip_frac": masked_mean(clipped, mask).item(),
-            "ratio_dev": masked_mean((logp - inp.behaviour_logp).abs(), mask).item(),
-            "is_weight_mean": masked_mean(ratio, mask).item(),
-            "is_weight_max": (ratio * mask).max().item(),
-            "kl_anchor": kl.item() if kl is not None else 0.0,
+        lr = log_ratio.detach()
+        ratio = torch.exp(lr)
+        sums = {
+            "pg_loss": pg.sum().item(),
+            "entropy": inp.entropy.sum().item(),
+            "clip_frac": clip_hit.sum().item(),
+            "dual_clip_frac": dual_hit.sum().item(),
+            "ratio_dev": lr.abs().sum().item(),
+            "is_weight_mean": ratio.sum().item(),
+            # KL(behaviour || trainer) on the behaviour's samples: k1 and the non-negative k3
+            "mismatch_kl_k1": (-lr).sum().item(),
+            "mismatch_kl_k3": (ratio - lr - 1.0).sum().item(),
+            "masked_frac": (weight == 0).float().sum().item() if s.correction.mode == "mask" else 0.0,
+            "correction_weight_mean": weight.sum().item(),
+            "kl_anchor": kl.detach().sum().item() if kl is not None else 0.0,
         }
-    return loss, stats
+    return per_token.sum(), sums
+
+
+def ratio_quantiles(log_ratio: torch.Tensor, qs=(0.01, 0.5, 0.99)) -> dict[str, float]:
+    """Quantiles, min and max of the importance ratio over a step's tokens (for the step log)."""
+    r = torch.exp(log_ratio.detach().float().flatten())
+    if r.numel() == 0:
+        return {}
+    if r.numel() > 1 << 24:  # torch.quantile's input limit: a strided sample is plenty
+        r = r[:: r.numel() // (1 << 23) + 1]
+    out = {f"ratio_p{round(q * 100):02d}": v for q, v in zip(qs, torch.quantile(r, torch.tensor(qs, dtype=r.dtype, device=r.device)).tolist())}
+    return {**out, "ratio_min": r.min().item(), "ratio_max": r.max().item()}
 
 
 # -- KL to the anchor (the dynamic reference model) -----------------------------------------

@@ -34,15 +34,9 @@ from services.trainer import dist
 from services.trainer.anchor import Anchor
 from services.trainer.checkpoint import Checkpointer
 from services.trainer.feeder import Feeder
-from services.trainer.objective import (
-    LossInputs,
-    kl_k1,
-    kl_shaped_rewards,
-    rloo_advantages,
-    select_samples,
-    t1_policy_loss,
-    token_logprobs_and_entropy,
-)
+from services.trainer.objective import select_samples
+from services.trainer.policy import Policy
+from services.trainer.rl_loss import StepLoss
 from services.trainer.step_log import StepLogger
 from services.trainer.task import make_task
 
@@ -72,50 +66,12 @@ def subset(g: ScoredGroup, keep: list[int]) -> ScoredGroup:
     return ScoredGroup(rollout=rollout, verdicts=[g.verdicts[i] for i in keep])
 
 
-def build_tensors(groups: list[ScoredGroup], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+response sequences and response-aligned gather positions."""
-    seqs, prompt_lens, resp_lens, behaviour, rewards = [], [], [], [], []
-    for g in groups:
-        p = g.rollout.prompt_token_ids
-        rewards.append([v.reward for v in g.verdicts])
-        for sample in g.rollout.samples:
-            seqs.append(p + sample.token_ids)
-            prompt_lens.append(len(p))
-            resp_lens.append(len(sample.token_ids))
-            behaviour.append(sample.logprobs)
-    n, length, t_max = len(seqs), max(map(len, seqs)), max(1, max(resp_lens))
-    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, length), dtype=torch.long)
-    response_ids = torch.full((n, t_max), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((n, t_max))
-    behaviour_logp = torch.zeros((n, t_max))
-    positions = torch.zeros((n, t_max), dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        attention[i, : len(seq)] = 1
-        r = resp_lens[i]
-        response_ids[i, :r] = torch.tensor(seq[prompt_lens[i]:])
-        response_mask[i, :r] = 1
-        behaviour_logp[i, :r] = torch.tensor(behaviour[i])
-        # logits at position p-1 predict the token at position p
-        positions[i] = torch.clamp(torch.arange(t_max) + prompt_lens[i] - 1, max=length - 1)
-    return {"input_ids": input_ids, "attention_mask": attention, "response_ids": response_ids,
-            "response_mask": response_mask, "behaviour_logp": behaviour_logp,
-            "positions": positions,
-            "rewards": [torch.tensor(r, dtype=torch.float32) for r in rewards]}  # per group: [K_g]
-
-
-@dataclass
-class MicroOut:
-    loss: torch.Tensor  # token-level mean over this micro-batch, with grad
-    stats: dict[str, float]
-    advantages: list[float]
-    seq_kl: list[float]
-    n_tokens: int
-
-
-def response_tokens(groups: list[ScoredGroup]) -> int:
-    return sum(len(x.token_ids) for g in groups for x in g.rollout.samples)
+def check_sampling(cfg: T1Config) -> None:
+    """RL needs the trainer's log-probs to be of the distribution the generator sampled from: it
+    reproduces temperature and top-p (vLLM's rule, ``policy.nucleus_mask``), not min-p."""
+    if cfg.generator.min_p > 0:
+        raise ValueError(f"generator.min_p={cfg.generator.min_p}: RL cannot reproduce min-p sampling "
+                         "in the trainer's log-probs (use top_p, or min_p=0 for RL)")
 
 
 class RLTrainer:
@@ -124,13 +80,11 @@ class RLTrainer:
     def __init__(self, cfg: T1Config, s: streams.Streams | None, name: str = "trainer-0") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from services.trainer.ds_engine import build_engine, init_distributed
+        from services.trainer.ds_engine import build_engine, init_distributed, train_dtype
 
+        check_sampling(cfg)
         init_distributed()
         self.main = dist.is_main()
-        if cfg.trainer.groups_per_step < dist.world_size():  # groups are sharded whole
-            raise ValueError(f"trainer.groups_per_step={cfg.trainer.groups_per_step} < "
-                             f"world size {dist.world_size()}")
         self.cfg = cfg
         self.tc = cfg.trainer
         self.s = s if self.main else None  # other ranks never touch Redis
@@ -153,10 +107,13 @@ class RLTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         torch.set_num_threads(self.tc.torch_threads)
         model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
-        self.anchor = Anchor(AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32),
+        self.engine = build_engine(Policy(model, self.tc.logprob_chunk_tokens), self.tc, self.tc.lr)
+        # the anchor: no gradients, in the engine's compute dtype, on its device (or offloaded)
+        self.anchor = Anchor(AutoModelForCausalLM.from_pretrained(start, dtype=train_dtype(self.tc)),
                              self.tc.anchor_interval, self.tc.anchor_mode, self.tc.anchor_ema_decay,
-                             version=committed)
-        self.engine = build_engine(model, self.tc, self.tc.lr)
+                             version=committed, device=self.engine.device,
+                             offload=self.tc.anchor_offload, chunk_tokens=self.tc.logprob_chunk_tokens)
+        self.step_loss = StepLoss(self.engine, self.anchor, self.tc, self.pad_id)
         if resume_from is not None and resume_from == committed and committed > 0:
             self.checkpoints.load(self.engine, self.anchor, resume_from)  # collective
         elif committed > 0:
@@ -256,78 +213,8 @@ class RLTrainer:
         if failed:
             raise failed[0]
 
-    # -- the loss on one micro-batch of whole groups ------------------------------------------
-    def _micro(self, groups: list[ScoredGroup], temperature: float) -> MicroOut:
-        tc = self.tc
-        batch = build_tensors(groups, self.pad_id)
-        mask = batch["response_mask"]
-        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        idx = batch["positions"].unsqueeze(-1).expand(-1, -1, out.logits.shape[-1])
-        logits = out.logits.gather(1, idx)
-        anchor_logp = None
-        seq_kl = torch.zeros(mask.shape[0])
-        if tc.kl_mode != "none":
-            anchor_logits = self.anchor.forward_logits(batch["input_ids"], batch["attention_mask"])
-            anchor_logp, _ = token_logprobs_and_entropy(anchor_logits.gather(1, idx),
-                                                        batch["response_ids"], temperature)
-            with torch.no_grad():
-                logp_now, _ = token_logprobs_and_entropy(logits.detach(), batch["response_ids"], temperature)
-                seq_kl = (kl_k1(logp_now, anchor_logp) * mask).sum(-1)
-        # RLOO per group (groups may keep different numbers of samples); with kl_mode=reward the
-        # KL is folded into each sample's reward first and centred with it (T1).
-        advantages, offset = [], 0
-        for r in batch["rewards"]:
-            k = len(r)
-            shaped = kl_shaped_rewards(r, seq_kl[offset:offset + k], tc.kl_coef) if tc.kl_mode == "reward" else r
-            advantages.append(rloo_advantages(shaped.unsqueeze(0)).squeeze(0))
-            offset += k
-        advantages = torch.cat(advantages)
-        loss, stats = t1_policy_loss(
-            LossInputs(logits, batch["response_ids"], mask, batch["behaviour_logp"], advantages,
-                       anchor_logp),
-            temperature, tc.clip_eps_low, tc.clip_eps_high, tc.entropy_coef,
-            kl_loss_coef=tc.kl_coef if tc.kl_mode == "loss" else 0.0)
-        return MicroOut(loss, stats, advantages.tolist(), seq_kl.tolist(), int(mask.sum().item()))
-
     def _forward_backward(self, groups: list[ScoredGroup]) -> dict:
-        """Every micro-batch of this rank's shard through forward/backward; global statistics.
-
-        Each micro-batch's token mean is weighted by its share of the GLOBAL token count, times
-        the world size because DeepSpeed averages gradients over ranks: the sum is then exactly
-        the token-level mean over the whole batch, however it was split."""
-        world = dist.world_size()
-        temperature = groups[0].rollout.temperature
-        mine = dist.shard(groups, world)[dist.rank()]
-        mbs = dist.micro_batches(mine, self.tc.micro_batch_tokens)
-        total = response_tokens(groups)
-        # ZeRO-3 gathers parameters inside forward (a collective): every rank runs as many
-        # passes; a rank with fewer micro-batches repeats its last one with weight 0.
-        n_passes = int(dist.all_reduce(torch.tensor(len(mbs)), torch.distributed.ReduceOp.MAX).item())
-        sums: dict[str, float] = {}
-        is_max, advs, kls = 0.0, [], []
-        self.engine.train()
-        for i in range(n_passes):
-            real = i < len(mbs)
-            # only the last pass is DeepSpeed's accumulation boundary: no early reduce/step
-            self.engine.set_gradient_accumulation_boundary(i == n_passes - 1)
-            out = self._micro(mbs[min(i, len(mbs) - 1)], temperature)
-            weight = out.n_tokens / max(total, 1) if real else 0.0
-            self.engine.backward(out.loss * (weight * world), scale_wrt_gas=False)
-            if not real:
-                continue
-            for k, v in {"loss": out.loss.item(), **out.stats}.items():
-                if k != "is_weight_max":
-                    sums[k] = sums.get(k, 0.0) + v * out.n_tokens
-            is_max = max(is_max, out.stats["is_weight_max"])
-            advs += out.advantages
-            kls += out.seq_kl
-        keys = sorted(sums)
-        summed = dist.all_reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
-        stats = {k: v / max(total, 1) for k, v in zip(keys, summed.tolist())}
-        stats["is_weight_max"] = dist.all_reduce(torch.tensor(is_max), torch.distributed.ReduceOp.MAX).item()
-        return {**stats, "advantages": torch.tensor(dist.all_gather_lists(advs)),
-                "seq_kl": torch.tensor(dist.all_gather_lists(kls)), "tokens": total,
-                "micro_batches": n_passes}
+        return self.step_loss.run(groups)
 
     # -- one optimizer step (every rank) --------------------------------------------------------
     def train_step(self) -> dict:
@@ -342,7 +229,7 @@ class RLTrainer:
 
         new_version = self.version + 1
         with dist.full_params(self.engine):  # ZeRO-3: the anchor and the published files need it all
-            rotated = self.anchor.maybe_rotate(self.engine.module, new_version)
+            rotated = self.anchor.maybe_rotate(self.engine.module.lm, new_version)
             if self.main:
                 path, digest = weights.write_version(self.cfg.weights_dir, new_version,
                                                      self._save_model, self.tokenizer_src,
@@ -395,7 +282,7 @@ class RLTrainer:
 
     def _save_model(self, path: Path) -> None:
         # Called inside full_params: under ZeRO-3 the module holds the gathered parameters.
-        self.engine.module.save_pretrained(path, safe_serialization=True)
+        self.engine.module.lm.save_pretrained(path, safe_serialization=True)
 
     # -- the loop -----------------------------------------------------------------------------
     def run_once(self) -> dict | None:

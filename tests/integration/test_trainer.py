@@ -183,12 +183,14 @@ def test_restarted_trainer_resumes_from_the_announced_version(s, trainer_setup, 
 
 # -- T1 objective on the engine: entropy bonus, dynamic anchor, keep rule, resume --------------
 def run_steps(trainer, s, tok, model, scorer, n, n_correct=2):
+    """Steps on groups whose behaviour log-probs are the current policy's (on-policy), as a
+    generator that loaded the trainer's latest version would report them."""
     records = []
     while len(records) < n:
         trainer.feeder.top_up(trainer.version)
         for p in take_prompts(s, 2):
-            s.publish(streams.SCORED, scored_group(p, tok, model, scorer, version=trainer.version,
-                                                   n_correct=n_correct))
+            s.publish(streams.SCORED, scored_group(p, tok, trainer.engine.module.lm, scorer,
+                                                   version=trainer.version, n_correct=n_correct))
         for _ in range(20):
             rec = trainer.run_once()
             if rec:
@@ -229,6 +231,7 @@ def test_anchor_rotation_resets_the_kl_reference_at_the_interval(s, make_config,
     r = run_steps(trainer, s, tok, model, scorer, 3)
     assert [x["anchor_rotated"] for x in r] == [False, True, False]
     assert [x["anchor_version"] for x in r] == [0, 2, 2]
+    # the KL of the samples' behaviour policy (here the policy itself) to the anchor
     assert abs(r[0]["seq_kl_mean"]) < 1e-5  # step 1: policy v0 == anchor v0
     assert abs(r[1]["seq_kl_mean"]) > 1e-4  # step 2: policy v1 drifted from anchor v0
     assert abs(r[2]["seq_kl_mean"]) < 1e-5  # step 3: anchor rotated to v2 == policy v2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer import scorer  # noqa: F401  (a fixture)
+from test_trainer import K, scorer  # noqa: F401  (scorer: a fixture)
 from test_trainer_distributed import GROUPS, assert_close, config, publish_fixed_batch, published
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -34,12 +34,13 @@ def one_step(tmp_path, name, tiny_model_dir, redis_server, scorer, *extra):  # n
 
 def test_micro_batches_give_the_one_pass_update(tmp_path, tiny_model_dir, redis_server, scorer):  # noqa: F811
     whole, rec_whole, dir_whole = one_step(tmp_path, "whole", tiny_model_dir, redis_server, scorer)
-    # a budget below any group's size: every group becomes a micro-batch of its own
+    # a budget below any sequence's size: every sample becomes a micro-batch of its own, so each
+    # group spans K of them (its advantages were computed for the whole group first)
     split, rec_split, dir_split = one_step(tmp_path, "split", tiny_model_dir, redis_server, scorer,
                                            "trainer.micro_batch_tokens=1",
                                            "trainer.gradient_checkpointing=true")
-    assert rec_split["micro_batches"] == GROUPS >= 3 and rec_whole["micro_batches"] == 1
-    assert split.engine.module.is_gradient_checkpointing and not whole.engine.module.is_gradient_checkpointing
+    assert rec_split["micro_batches"] == GROUPS * K >= 12 and rec_whole["micro_batches"] == 1
+    assert split.engine.module.lm.is_gradient_checkpointing and not whole.engine.module.lm.is_gradient_checkpointing
     assert rec_split["grad_norm"] == pytest.approx(rec_whole["grad_norm"], rel=1e-5)
     assert rec_split["loss"] == pytest.approx(rec_whole["loss"], rel=1e-5, abs=1e-7)
     assert_close(published(dir_split, 1), published(dir_whole, 1))

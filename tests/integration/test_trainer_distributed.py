@@ -63,7 +63,7 @@ def full_state(trainer) -> dict[str, torch.Tensor]:
     from services.trainer.dist import full_params
 
     with full_params(trainer.engine):
-        policy = {k: v.detach().clone() for k, v in trainer.engine.module.named_parameters()}
+        policy = {k: v.detach().clone() for k, v in trainer.engine.module.lm.named_parameters()}
     anchor = {f"anchor.{k}": v.detach().clone() for k, v in trainer.anchor.model.named_parameters()}
     return {**policy, **anchor}
 
@@ -95,8 +95,9 @@ def reference(tmp_path_factory, tiny_model_dir, redis_server, scorer):  # noqa: 
     return {v: published(run_dir, v) for v in range(1, STEPS + 1)}, records
 
 
-# ZeRO-3 also splits each rank's shard into one micro-batch per group: rank 0 (2 groups) makes
-# two passes, rank 1 (1 group) one plus a zero-weight pass to match ZeRO-3's collectives
+# ZeRO-3 also splits each rank's shard into one micro-batch per sequence: the ranks' sequences
+# (balanced by tokens, not by count) may differ in number, and the rank with fewer makes
+# zero-weight passes to match ZeRO-3's collectives
 @pytest.mark.parametrize("stage,micro_batch_tokens", [(2, 0), (3, 1)])
 def test_two_ranks_publish_what_one_rank_publishes(stage, micro_batch_tokens, reference, tmp_path,
                                                    tiny_model_dir, redis_server, scorer):  # noqa: F811
@@ -138,7 +139,8 @@ def test_two_ranks_publish_what_one_rank_publishes(stage, micro_batch_tokens, re
         assert_close(published(run_dir, v), ref_weights[v])
     records = [json.loads(r) for r in s.r.lrange(s.key("trainer:steps"), 0, -1)]
     assert [r["world_size"] for r in records] == [2] * STEPS
-    assert [r["micro_batches"] for r in records] == [2 if micro_batch_tokens else 1] * STEPS
+    for r in records:  # 12 sequences on 2 ranks: at least 6 passes each when split per sequence
+        assert r["micro_batches"] >= 6 if micro_batch_tokens else r["micro_batches"] == 1
     for r, ref in zip(records, ref_records):
         assert r["loss"] == pytest.approx(ref["loss"], rel=1e-5, abs=1e-7)
         assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)  # scale-sensitive

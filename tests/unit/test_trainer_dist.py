@@ -1,43 +1,20 @@
-"""Sharding and micro-batching of groups: whole groups only, balanced, within the token budget."""
+"""Sharding of sequences over ranks (micro-batching: tests/unit/test_policy.py), precision and
+DeepSpeed's extension builds."""
 
 import pytest
 
-from services.common.schemas import Prompt, RolloutGroup, Sample, ScoredGroup, Verdict
-from services.trainer.dist import group_tokens, micro_batches, shard
+from services.trainer.dist import balanced_shards
 
 
-def group(i: int, prompt_len: int, resp_lens: list[int]) -> ScoredGroup:
-    samples = [Sample(text="", token_ids=[1] * n, logprobs=[0.0] * n, finish_reason="stop")
-               for n in resp_lens]
-    prompt = Prompt(prompt_id=f"p{i}", index=i, text="", gold="0")
-    rollout = RolloutGroup(prompt=prompt, prompt_token_ids=[1] * prompt_len, samples=samples,
-                           policy_version=0, generator_id="t", temperature=1.0, top_p=1.0)
-    verdict = Verdict(correct=True, reward=1.0, extracted=None, status="ok")
-    return ScoredGroup(rollout=rollout, verdicts=[verdict] * len(samples))
-
-
-def test_group_tokens_counts_padded_rows():
-    assert group_tokens(group(0, 3, [2, 5])) == 2 * (3 + 5)
-
-
-def test_shard_keeps_groups_whole_and_balances_tokens():
-    gs = [group(0, 2, [10] * 4), group(1, 2, [2] * 4), group(2, 2, [2] * 4), group(3, 2, [6] * 4)]
-    parts = shard(gs, 2)
-    assert sorted(g.rollout.prompt.prompt_id for p in parts for g in p) == ["p0", "p1", "p2", "p3"]
-    loads = [sum(group_tokens(g) for g in p) for p in parts]
-    assert sorted(loads) == [48, 64]  # 112 tokens: the best split of these sizes
-    assert shard(gs, 2) == parts  # deterministic: every rank computes the same split
+def test_shards_balance_sequences_by_tokens_deterministically():
+    sizes = [12, 4, 4, 8]
+    parts = balanced_shards(sizes, 2)
+    assert sorted(i for p in parts for i in p) == [0, 1, 2, 3]
+    assert sorted(sum(sizes[i] for i in p) for p in parts) == [12, 16]  # the best split
+    assert all(p == sorted(p) for p in parts)  # input order kept within a part
+    assert balanced_shards(sizes, 2) == parts  # every rank computes the same split
     with pytest.raises(ValueError):
-        shard(gs[:1], 2)
-
-
-def test_micro_batches_pack_consecutive_groups_up_to_the_budget():
-    gs = [group(i, 2, [3, 3]) for i in range(5)]  # 10 padded tokens each
-    assert [len(m) for m in micro_batches(gs, 0)] == [5]
-    assert [len(m) for m in micro_batches(gs, 25)] == [2, 2, 1]
-    assert [len(m) for m in micro_batches(gs, 1)] == [1] * 5  # over budget: one group each
-    mixed = [group(0, 2, [3, 3]), group(1, 2, [18, 18])]  # padding to 20 makes 2 x 2 x 20 = 80
-    assert [len(m) for m in micro_batches(mixed, 60)] == [1, 1]
+        balanced_shards(sizes[:1], 2)
 
 
 def test_precision_auto_is_bf16_on_gpus_and_fp32_on_the_cpu():
