@@ -56,6 +56,28 @@ def test_k_samples_with_behaviour_logprobs_of_the_sampling_distribution(engine, 
     assert torch.allclose(torch.tensor(s.logprobs), ref, atol=1e-4), (torch.tensor(s.logprobs) - ref).abs().max()
 
 
+def test_trainer_logprobs_equal_the_generators_under_top_p(engine, model_dir):
+    """The trainer's own path (packed layout, response-only chunked head, vLLM's nucleus rule)
+    reproduces the behaviour log-probs of top-p sampling; the full distribution would not."""
+    from services.trainer.packing import pack
+    from services.trainer.policy import Policy
+
+    params = engine.sampling_params(top_p=0.7)
+    groups = engine.generate(["Q:12+34\nA:", "Q:5+6\nA:", "Q:70+8\nA:"], params)
+    seqs = [(g.prompt_token_ids, s.token_ids) for g in groups for s in g.samples]
+    behaviour = torch.tensor([lp for g in groups for s in g.samples for lp in s.logprobs])
+    policy = Policy(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), chunk_tokens=16)
+    batch = pack(seqs, row_tokens=128, pad_id=0)
+    with torch.no_grad():
+        logp, _ = policy(batch.input_ids, batch.position_ids, batch.score_at, batch.targets,
+                         CFG.temperature, 0.7)
+        full, _ = policy(batch.input_ids, batch.position_ids, batch.score_at, batch.targets,
+                         CFG.temperature, 1.0)
+    assert behaviour.numel() > 100
+    assert (logp - behaviour).abs().max() < 1e-4
+    assert (full - behaviour).abs().max() > 0.1  # the truncation is real: ignoring it is wrong
+
+
 def test_the_engine_decodes_every_in_flight_sequence_in_one_step(engine):
     # vLLM's CPU default (128) would queue most of the groups the worker keeps in flight
     assert engine.llm.vllm_config.scheduler_config.max_num_seqs == \
