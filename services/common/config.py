@@ -228,6 +228,17 @@ class TrainerConfig(Section):
     sft_plateau_lr_decays: int = Field(0, ge=0)
     sft_plateau_lr_factor: float = Field(0.25, gt=0, lt=1)
     sft_lr: float = 2e-3
+    # schedule: linear warm-up over sft_warmup_steps, then constant, or a linear / cosine decay
+    # to sft_min_lr_ratio x sft_lr at the last step (a plateau's lowering multiplies on top)
+    sft_warmup_steps: int = Field(0, ge=0)
+    sft_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    sft_min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    # examples longer than this many tokens lose their response's tail (0: no limit); the count
+    # cut (and dropped: prompts that fill it) is logged
+    sft_max_seq_len: int = Field(0, ge=0)
+    # gradient accumulation: each minibatch in micro-batches up to this many padded tokens
+    # (0: one pass), weighted so the step equals the one-pass step
+    sft_micro_batch_tokens: int = Field(0, ge=0)
     sft_examples: int = Field(2000, ge=1)  # the fixed set of synthesized traces SFT trains on
     sft_batch: int = 64
     # SFT sequence packing: examples concatenated into rows of up to this many tokens, with

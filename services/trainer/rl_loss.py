@@ -21,6 +21,7 @@ import torch
 from services.common.config import TrainerConfig
 from services.common.schemas import ScoredGroup
 from services.trainer import dist
+from services.trainer.accumulate import backward_passes
 from services.trainer.anchor import Anchor
 from services.trainer.objective import (
     Correction,
@@ -126,24 +127,17 @@ class StepLoss:
                                         tc.pack_row_tokens)]
         anchor_logp, seq_kl = self.anchor_pass(seqs, mine, n)
         advantages = group_advantages(groups, seq_kl.float(), tc.kl_mode, tc.kl_coef)
-        # ZeRO-3 gathers parameters inside forward (a collective): every rank runs as many
-        # passes; a rank with fewer micro-batches repeats its last one with weight 0.
-        n_passes = int(dist.all_reduce(torch.tensor(len(mine)), torch.distributed.ReduceOp.MAX).item())
+
+        def loss_sum(mb: list[int]):
+            loss, stats, log_ratio = self._micro([seqs[i] for i in mb], mb, advantages, anchor_logp)
+            return loss, ({"loss": loss.item(), **stats}, log_ratio)
+
+        parts, n_passes = backward_passes(self.engine, mine, loss_sum, total)
         sums: dict[str, float] = {}
-        log_ratios = []
-        self.engine.train()
-        for p in range(n_passes):
-            real = p < len(mine)
-            mb = mine[min(p, len(mine) - 1)]
-            # only the last pass is DeepSpeed's accumulation boundary: no early reduce/step
-            self.engine.set_gradient_accumulation_boundary(p == n_passes - 1)
-            loss_sum, stats, log_ratio = self._micro([seqs[i] for i in mb], mb, advantages, anchor_logp)
-            self.engine.backward(loss_sum * ((world / max(total, 1)) if real else 0.0),
-                                 scale_wrt_gas=False)
-            if real:
-                for k, v in {"loss": loss_sum.item(), **stats}.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                log_ratios.append(log_ratio)
+        for stats, _ in parts:
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+        log_ratios = [lr for _, lr in parts]
         keys = sorted(sums)
         summed = dist.all_reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
         out = {k: v / max(total, 1) for k, v in zip(keys, summed.tolist())}

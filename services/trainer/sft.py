@@ -2,13 +2,16 @@
 
 The dataset is fixed (``trainer.sft_examples`` traces from a seed), as in T1 where CoT data is
 scarce; training runs for ``steps`` minibatches over it on the same DeepSpeed engine as RL. The loss is
-next-token cross-entropy on response tokens only (the prompt is context, not a target).
+next-token cross-entropy on response tokens only (the prompt is context, not a target), through
+the same token layout (``packing``), response-only chunked LM head (``policy``), sharding and
+gradient accumulation (``accumulate``) as RL, so its memory scales with long answers alike.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -21,7 +24,12 @@ import torch
 from services.common.config import T1Config
 from services.common.logs import event
 from services.common.weights import copy_tokenizer_files
+from services.trainer import dist
+from services.trainer.accumulate import backward_passes
 from services.trainer.dist import barrier, broadcast, full_params, is_main, local_cores
+from services.trainer.packing import micro_batches, pack
+from services.trainer.policy import Policy
+from services.trainer.step_log import StepLogger
 from services.trainer.task import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -90,64 +98,46 @@ def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[Example]:
             for prompt, response in pairs]
 
 
-def encode_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    return pad_examples(tokenize_pairs(tokenizer, pairs), tokenizer.eos_token_id)
+def truncate_examples(examples: list[Example], max_len: int) -> tuple[list[Example], int, int]:
+    """Examples cut to ``max_len`` tokens (the response's tail goes; 0: no limit). Returns the
+    examples, how many were cut and how many were dropped (a prompt that leaves no room)."""
+    if max_len <= 0:
+        return examples, 0, 0
+    out, cut, dropped = [], 0, 0
+    for prompt, response in examples:
+        room = max_len - len(prompt)
+        if room < 1:
+            dropped += 1
+            continue
+        if len(response) > room:
+            cut += 1
+            response = response[:room]
+        out.append((prompt, response))
+    if not out:
+        raise ValueError(f"trainer.sft_max_seq_len={max_len}: every example's prompt fills it")
+    return out, cut, dropped
 
 
-def encode_packed(tokenizer, pairs: list[tuple[str, str]], row_tokens: int) -> dict[str, torch.Tensor]:
-    return pack_examples(tokenize_pairs(tokenizer, pairs), tokenizer.eos_token_id, row_tokens)
+def sft_loss_sum(engine, examples: list[Example], row_tokens: int, pad_id: int) -> torch.Tensor:
+    """Negative log-likelihood of the response tokens, summed (the prompt is context, not a
+    target), through the same response-only chunked head as RL."""
+    batch = pack(examples, row_tokens, pad_id).to(engine.device)
+    logp, _ = engine(batch.input_ids, batch.position_ids, batch.score_at, batch.targets,
+                     with_entropy=False)
+    return -logp.sum()
 
 
-def pad_examples(examples: list[Example], eos: int) -> dict[str, torch.Tensor]:
-    """One example per row, right-padded; loss on response tokens only."""
-    rows = [p + r for p, r in examples]
-    length = max(map(len, rows))
-    ids = torch.full((len(rows), length), eos, dtype=torch.long)
-    lab = torch.full((len(rows), length), -100, dtype=torch.long)
-    att = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, ((p, r), row) in enumerate(zip(examples, rows)):
-        ids[i, : len(row)] = torch.tensor(row)
-        lab[i, len(p): len(row)] = torch.tensor(r)
-        att[i, : len(row)] = 1
-    return {"input_ids": ids, "labels": lab, "attention_mask": att}
-
-
-def pack_examples(examples: list[Example], eos: int, row_tokens: int) -> dict[str, torch.Tensor]:
-    """Several examples per row, up to ``row_tokens`` tokens (an example longer than that gets
-    a row of its own): no padding wasted on short examples.
-
-    ``position_ids`` restart at 0 for every example and no attention mask is passed: from that
-    transformers builds a block-diagonal causal mask, so attention never crosses examples. Each
-    example's first label is -100: it would be predicted from the previous example's last token.
-    """
-    lengths = [len(p) + len(r) for p, r in examples]
-    rows: list[list[int]] = []  # example indices per row, first fit in order
-    fill: list[int] = []
-    for i, n in enumerate(lengths):
-        for r, used in enumerate(fill):
-            if used + n <= row_tokens:
-                rows[r].append(i)
-                fill[r] += n
-                break
-        else:
-            rows.append([i])
-            fill.append(n)
-    width = max(fill)
-    ids = torch.full((len(rows), width), eos, dtype=torch.long)
-    lab = torch.full((len(rows), width), -100, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, members in enumerate(rows):
-        at = 0
-        for i in members:
-            prompt, response = examples[i]
-            n = lengths[i]
-            ids[r, at:at + n] = torch.tensor(prompt + response)
-            lab[r, at + len(prompt):at + n] = torch.tensor(response)
-            lab[r, at] = -100
-            pos[r, at:at + n] = torch.arange(n)
-            at += n
-        pos[r, at:] = torch.arange(width - at)  # the padding tail: a segment of its own
-    return {"input_ids": ids, "labels": lab, "position_ids": pos}
+def lr_at(step: int, steps: int, base: float, tc) -> float:
+    """The SFT schedule: linear warm-up over ``sft_warmup_steps``, then constant, linear or
+    cosine decay to ``sft_min_lr_ratio`` x base at the last step."""
+    if tc.sft_warmup_steps and step <= tc.sft_warmup_steps:
+        return base * step / tc.sft_warmup_steps
+    if tc.sft_schedule == "constant":
+        return base
+    span = max(1, steps - tc.sft_warmup_steps)
+    done = min(1.0, (step - tc.sft_warmup_steps) / span)
+    shape = 1.0 - done if tc.sft_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+    return base * (tc.sft_min_lr_ratio + (1.0 - tc.sft_min_lr_ratio) * shape)
 
 
 @dataclass
@@ -205,45 +195,70 @@ def run_sft(cfg: T1Config, src: Path, dst: Path, num_examples: int | None = None
     torch.set_num_threads(tc.sft_torch_threads or local_cores())
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    engine = build_engine(model, tc, tc.sft_lr if lr is None else lr)
+    base_lr = tc.sft_lr if lr is None else lr
+    engine = build_engine(Policy(model, tc.logprob_chunk_tokens), tc, base_lr)
     if data is None:
         task = make_task(cfg.task)
         data = build_sft_examples(task, num_examples or tc.sft_examples, cfg.task.seed)
-    examples = tokenize_pairs(tokenizer, data)
+    examples, cut, dropped = truncate_examples(tokenize_pairs(tokenizer, data), tc.sft_max_seq_len)
+    if cut or dropped:
+        event(log, "sft examples truncated", max_seq_len=tc.sft_max_seq_len, truncated=cut,
+              dropped=dropped, examples=len(data))
     eos = tokenizer.eos_token_id
     rng = random.Random(cfg.task.seed)
-    t0 = time.monotonic()
     steps = tc.sft_steps if steps is None else steps
-    for step in range(1, steps + 1):
-        picked = rng.sample(examples, min(tc.sft_batch, len(examples)))
-        if tc.sft_pack_tokens:
-            batch = pack_examples(picked, eos, tc.sft_pack_tokens)
-            loss = engine(**batch, use_cache=False).loss  # a cache would disable the packed mask
-        else:
-            loss = engine(**pad_examples(picked, eos)).loss
-        engine.backward(loss)
-        engine.step()
-        if progress:
-            progress(step, loss.item())
-        if step % 50 == 0 or step == steps:
-            event(log, "sft step", step=step, loss=round(loss.item(), 4),
-                  seconds=round(time.monotonic() - t0, 1))
-        if plateau is not None and step % plateau.every == 0:
-            with full_params(engine):
-                done = plateau.reached(step, engine.module) if is_main() else None
-            if broadcast(done):  # every rank decides alike
-                if len(plateau.restarts) < plateau.lr_decays:
-                    plateau.restart(step)
-                    for group in engine.optimizer.param_groups:
-                        group["lr"] *= plateau.lr_factor
-                    event(log, "sft plateau: lower lr", step=step, lr=engine.optimizer.param_groups[0]["lr"])
-                    continue
-                event(log, "sft plateau", step=step, history=plateau.history)
-                break
+    step_log = StepLogger(Path(cfg.run_dir), prefix="sft") if tc.tensorboard and is_main() else None
+    scale = 1.0  # lowered at each plateau, on top of the schedule
+
+    def micro_loss(mb: list[Example]) -> tuple[torch.Tensor, float]:
+        loss = sft_loss_sum(engine, mb, tc.sft_pack_tokens, eos)
+        return loss, loss.item()
+    t0 = time.monotonic()
+    try:
+        for step in range(1, steps + 1):
+            rate = lr_at(step, steps, base_lr, tc) * scale
+            for group in engine.optimizer.param_groups:
+                group["lr"] = rate
+            # every rank draws the same minibatch and trains on its share of the sequences
+            picked = rng.sample(examples, min(tc.sft_batch, len(examples)))
+            lengths = [len(p) + len(r) for p, r in picked]
+            mine = dist.balanced_shards(lengths, dist.world_size())[dist.rank()]
+            micro = [[picked[mine[j]] for j in mb]
+                     for mb in micro_batches([lengths[i] for i in mine], tc.sft_micro_batch_tokens,
+                                             tc.sft_pack_tokens)]
+            total = sum(len(r) for _, r in picked)
+            parts, passes = backward_passes(engine, micro, micro_loss, total)
+            engine.step()
+            loss = dist.all_reduce(torch.tensor(sum(parts), dtype=torch.float64)).item() / max(total, 1)
+            if progress:
+                progress(step, loss)
+            if step_log is not None:
+                grad_norm = engine.get_global_grad_norm()
+                step_log.log({"step": step, "loss": loss, "lr": rate, "tokens": total,
+                              "micro_batches": passes,
+                              "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                              "seconds": time.monotonic() - t0})
+            if step % 50 == 0 or step == steps:
+                event(log, "sft step", step=step, loss=round(loss, 4), lr=rate,
+                      seconds=round(time.monotonic() - t0, 1))
+            if plateau is not None and step % plateau.every == 0:
+                with full_params(engine):
+                    done = plateau.reached(step, engine.module.lm) if is_main() else None
+                if broadcast(done):  # every rank decides alike
+                    if len(plateau.restarts) < plateau.lr_decays:
+                        plateau.restart(step)
+                        scale *= plateau.lr_factor
+                        event(log, "sft plateau: lower lr", step=step, lr=lr_at(step, steps, base_lr, tc) * scale)
+                        continue
+                    event(log, "sft plateau", step=step, history=plateau.history)
+                    break
+    finally:
+        if step_log is not None:
+            step_log.close()
     with full_params(engine):  # ZeRO-3 keeps only partitions in the module
         if is_main():
             tmp = dst.with_name(dst.name + ".tmp")
-            engine.module.save_pretrained(tmp, safe_serialization=True)
+            engine.module.lm.save_pretrained(tmp, safe_serialization=True)
             copy_tokenizer_files(src, tmp)
             if dst.exists():
                 shutil.rmtree(dst)

@@ -18,7 +18,8 @@ def scalars(record: dict) -> dict[str, float]:
 
 class StepLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = True, wandb_project: str | None = None,
-                 config: dict | None = None) -> None:
+                 config: dict | None = None, prefix: str = "train") -> None:
+        self.prefix = prefix  # the tags' section: train/... for RL steps, sft/... for SFT
         self.tb = None
         self.wandb = None
         if tensorboard:
@@ -42,7 +43,7 @@ class StepLogger:
         values = scalars(record)
         if self.tb is not None:
             for k, v in values.items():
-                self.tb.add_scalar(f"train/{k}", v, step)
+                self.tb.add_scalar(f"{self.prefix}/{k}", v, step)
             self.tb.flush()  # a crash must not lose committed steps' scalars
         if self.wandb is not None:
             self.wandb.log(values, step=step)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.trainer.sft import encode_batch, load_sft_records, run_sft
+from services.trainer.sft import load_sft_records, run_sft, tokenize_pairs
 
 
 def write_jsonl(path, records):
@@ -43,11 +43,37 @@ def test_bad_records_name_the_line(tmp_path, line, message):
 
 
 def test_loss_is_on_response_tokens_only(tiny_model_dir):
+    from services.trainer.packing import pack
+
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    batch = encode_batch(tok, [("Q:1+1\nA:", "\\boxed{2}")])
+    (example,) = tokenize_pairs(tok, [("Q:1+1\nA:", "\\boxed{2}")])
+    batch = pack([example], 0, tok.eos_token_id)
     n_prompt = len(tok("Q:1+1\nA:", add_special_tokens=False)["input_ids"])
-    assert (batch["labels"][0, :n_prompt] == -100).all()
-    assert (batch["labels"][0, n_prompt:] != -100).sum() == len("\\boxed{2}") + 1  # + EOS
+    assert batch.n_tokens == len("\\boxed{2}") + 1  # + EOS; no prompt token is a target
+    assert batch.score_at.tolist() == list(range(n_prompt - 1, n_prompt - 1 + batch.n_tokens))
+
+
+def test_truncation_cuts_the_response_tail_and_counts():
+    from services.trainer.sft import truncate_examples
+
+    examples = [([1, 2], [3, 4, 5, 6]), ([1], [2]), ([1, 2, 3, 4, 5], [6])]
+    out, cut, dropped = truncate_examples(examples, 4)
+    assert out == [([1, 2], [3, 4]), ([1], [2])] and (cut, dropped) == (1, 1)
+    assert truncate_examples(examples, 0) == (examples, 0, 0)
+    with pytest.raises(ValueError, match="sft_max_seq_len"):
+        truncate_examples(examples[2:], 3)
+
+
+def test_schedule_warms_up_then_decays():
+    from services.common.config import TrainerConfig
+    from services.trainer.sft import lr_at
+
+    tc = TrainerConfig(sft_warmup_steps=10, sft_schedule="cosine", sft_min_lr_ratio=0.1)
+    rates = [lr_at(s, 110, 1.0, tc) for s in range(1, 111)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert rates[59] == pytest.approx(0.55, abs=0.01)  # half way through the decay
+    assert rates[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    assert lr_at(50, 100, 2.0, TrainerConfig()) == 2.0  # constant, no warm-up: the default
 
 
 def test_sft_from_jsonl_lowers_the_loss_and_saves_a_loadable_model(tmp_path, make_config, tiny_model_dir):
