@@ -75,7 +75,10 @@ def ds_config(cfg: TrainerConfig, lr: float) -> dict:
                               "stage3_param_persistence_threshold": cfg.zero3_param_persistence_threshold},
         "optimizer": {"type": "AdamW",
                       "params": {"lr": lr, "betas": [0.9, 0.999], "eps": cfg.adam_eps,
-                                 "weight_decay": cfg.weight_decay}},
+                                 "weight_decay": cfg.weight_decay,
+                                 # on GPUs PyTorch's own AdamW: DeepSpeed's FusedAdam would first
+                                 # JIT-compile with nvcc, which an inference-style image lacks
+                                 "torch_adam": torch.cuda.is_available()}},
         "bf16": {"enabled": bf16(cfg)},  # fp32 master weights either way
         "fp16": {"enabled": False},
         "steps_per_print": 10**9,
