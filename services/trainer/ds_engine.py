@@ -44,14 +44,25 @@ def init_distributed() -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    own_port = "MASTER_PORT" not in os.environ
     if torch.cuda.is_available():
         # before any collective: NCCL binds each rank's communicator to the current device, and
         # every rank left on cuda:0 would share one GPU (or hang in the first all-reduce)
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend)
+    if torch.distributed.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    for attempt in range(3):
+        if own_port:
+            os.environ["MASTER_PORT"] = str(free_port())
+        try:
+            deepspeed.init_distributed(dist_backend=backend)
+            return
+        except torch.distributed.DistNetworkError:
+            # a port this process picked was taken by another before the store bound it
+            if not own_port or attempt == 2:
+                raise
+            log.warning("rendezvous port %s was taken meanwhile; trying another", os.environ["MASTER_PORT"])
 
 
 def train_dtype(cfg: TrainerConfig) -> torch.dtype:

@@ -48,3 +48,27 @@ def test_extension_builds_stay_in_this_environment_and_stale_locks_go(tmp_path, 
     assert not stale.exists() and fresh.exists()  # a build in progress keeps its lock
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
     assert prepare_extension_builds() == Path(sys.prefix) / "torch_extensions"
+
+
+def test_single_process_rendezvous_retries_a_port_taken_meanwhile(tmp_path):
+    """The port picked for a single-process run can be taken by another process before the
+    store binds it (seen under load): a fresh port is tried instead of failing the run."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "rdv.py"
+    script.write_text(
+        "import os, socket\n"
+        "import services.trainer.ds_engine as ds\n"
+        "from services.common.net import free_port\n"
+        "taken = socket.socket(); taken.bind(('127.0.0.1', 0)); taken.listen()\n"
+        "ports = iter([taken.getsockname()[1]])\n"
+        "ds.free_port = lambda: next(ports, None) or free_port()\n"
+        "for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_PORT'): os.environ.pop(k, None)\n"
+        "ds.init_distributed()\n"
+        "import torch.distributed as dist\n"
+        "assert dist.is_initialized() and int(os.environ['MASTER_PORT']) != taken.getsockname()[1]\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    assert "was taken meanwhile" in out.stderr
