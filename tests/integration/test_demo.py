@@ -1,5 +1,6 @@
 """The README's main job, `t1 demo`, end to end on the quick preset: a real run, its report."""
 
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,11 @@ def test_quick_demo_writes_a_report_with_its_findings(tmp_path):
     cmd = [sys.executable, "-m", "services.cli", "demo", "--quick", "--set", f"run_dir={run_dir}",
            "--set", f"generator.port={free_port()}", "--set", f"verifier.port={free_port()}",
            "--set", f"trainer.port={free_port()}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    # a fresh shell's environment: this pytest process may already have joined a torch.distributed
+    # group (tests/gpu), whose MASTER_PORT its store still holds
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     # the evaluation engine shuts down cleanly (vLLM once logged a dead-engine traceback here)
     assert "EngineDeadError" not in done.stdout + done.stderr
