@@ -73,14 +73,6 @@ def all_gather_1d(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[: int(k.item())] for p, k in zip(parts, sizes)]).to(t.device)
 
 
-def all_gather_lists(xs: list) -> list:
-    if world_size() == 1:
-        return list(xs)
-    out: list = [None] * world_size()
-    dist.all_gather_object(out, xs)
-    return [x for part in out for x in part]
-
-
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

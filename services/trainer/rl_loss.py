@@ -30,6 +30,7 @@ from services.trainer.objective import (
     kl_shaped_rewards,
     ratio_quantiles,
     rloo_advantages,
+    segment_sum,
     t1_policy_loss,
 )
 from services.trainer.packing import Packed, micro_batches, pack
@@ -109,19 +110,20 @@ class StepLoss:
         with self.anchor.on_device():
             for mb in mine:
                 batch, temp, top_p = self._packed([seqs[i] for i in mb])
-                per_seq = self.anchor.token_logprobs(batch, temp, top_p).split(batch.lengths)
-                for i, lp in zip(mb, per_seq):
-                    anchor_logp[i] = lp
-                    behaviour = torch.tensor(seqs[i].behaviour_logp, dtype=torch.float32, device=lp.device)
-                    seq_kl[i] = (behaviour - lp).sum().item()
+                logp = self.anchor.token_logprobs(batch, temp, top_p)
+                behaviour = self._flat([seqs[i] for i in mb], lambda s: s.behaviour_logp)
+                # one device-to-host copy per micro-batch, not one per sequence
+                kl = segment_sum(behaviour - logp, batch.seq_index, len(mb)).double().cpu()
+                seq_kl[torch.tensor(mb)] = kl
+                anchor_logp.update(zip(mb, logp.split(batch.lengths)))
         return anchor_logp, dist.all_reduce(seq_kl)  # each rank filled its own sequences
 
     def run(self, groups: list[ScoredGroup]) -> dict:
-        tc, world = self.tc, dist.world_size()
+        tc = self.tc
         seqs = sequences(groups)
         n = len(seqs)
         total = sum(len(s.response_ids) for s in seqs)
-        mine_idx = dist.balanced_shards([s.tokens for s in seqs], world)[dist.rank()]
+        mine_idx = dist.balanced_shards([s.tokens for s in seqs], dist.world_size())[dist.rank()]
         mine = [[mine_idx[j] for j in mb]
                 for mb in micro_batches([seqs[i].tokens for i in mine_idx], tc.micro_batch_tokens,
                                         tc.pack_row_tokens)]
