@@ -122,7 +122,7 @@ def test_drops_are_recorded_with_reasons_and_duplicates_skipped(s, trainer_setup
     statuses = ledger.statuses()
     assert statuses[p[0].prompt_id] == "dropped:too_stale"
     assert statuses[p[1].prompt_id] == "dropped:zero_variance"
-    assert len(trainer.batch.groups) == 1  # the duplicate was not admitted twice
+    assert len(trainer.admission.current.groups) == 1  # the duplicate was not admitted twice
     assert ledger.counts()["dropped"] == 2
     trainer.finish()
     audit = ledger.audit()
@@ -138,7 +138,7 @@ def test_groups_scored_while_a_step_computes_fill_the_next_batch(s, trainer_setu
     p = take_prompts(s, 4)
     for x in p[:2]:
         s.publish(streams.SCORED, scored_group(x, tok, model, scorer))
-    compute, new = trainer._forward_backward, []
+    compute, new = trainer.step_loss.run, []
 
     def forward_backward_while_groups_arrive(groups):
         # groups scored during the step: two usable, one all-correct (to be dropped at once)
@@ -150,19 +150,19 @@ def test_groups_scored_while_a_step_computes_fill_the_next_batch(s, trainer_setu
         new.extend(take_prompts(s, 1))  # the drop freed room: the feeder topped up meanwhile
         assert len(new) == 1
         s.publish(streams.SCORED, scored_group(new[0], tok, model, scorer))
-        while len(trainer.next.groups) < 2 and time.monotonic() < deadline:
+        while len(trainer.admission.next.groups) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         return compute(groups)
 
-    trainer._forward_backward = forward_backward_while_groups_arrive
+    trainer.step_loss.run = forward_backward_while_groups_arrive
     record = None
     while record is None:
         record = trainer.run_once()
-    trainer._forward_backward = compute
+    trainer.step_loss.run = compute
     assert record["step"] == 1
     assert ledger.status(p[3].prompt_id) == "dropped:zero_variance"
-    assert trainer.batch.prompt_ids() == {p[2].prompt_id, new[0].prompt_id}  # the next step's
-    assert not trainer.next.groups
+    assert trainer.admission.current.prompt_ids() == {p[2].prompt_id, new[0].prompt_id}  # the next step's
+    assert not trainer.admission.next.groups
     assert trainer.run_once()["step"] == 2  # no waiting: its batch was full when step 1 ended
     assert ledger.counts()["trained"] == 4
 
