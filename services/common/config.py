@@ -244,6 +244,10 @@ class TrainerConfig(Section):
     # SFT sequence packing: examples concatenated into rows of up to this many tokens, with
     # attention kept within each example (0: one padded row per example)
     sft_pack_tokens: int = 0
+    # Multi-rank: how long a collective waits for a rank before it fails. A rank that died
+    # (its pod lost) is noticed after this; the others exit and restart from the last commit.
+    # Longest legitimate wait: rank 0 writing a version's files while the others wait.
+    dist_timeout_s: float = Field(600.0, gt=0)
     cpus: str = ""  # cores its processes run on: "" (all), "0,2-3", "first-half", "second-half"
     torch_threads: int = 1  # RL: the trainer shares the machine with the other services
     # SFT runs alone (before the services start): 0 uses every core this process may run on

@@ -41,6 +41,13 @@ def broadcast(obj):
     return box[0]
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on at least one rank (every rank gets the same answer)."""
+    if world_size() == 1:
+        return flag
+    return bool(all_reduce(torch.tensor([int(flag)]), op=dist.ReduceOp.MAX).item())
+
+
 def comm_device() -> torch.device:
     """Where collectives' tensors must live: NCCL reduces CUDA tensors only, gloo CPU ones."""
     if dist.is_initialized() and dist.get_backend() == "nccl":

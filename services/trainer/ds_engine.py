@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import sys
@@ -35,8 +36,10 @@ def prepare_extension_builds() -> Path:
     return root
 
 
-def init_distributed() -> None:
-    """Single-process defaults when not launched by ``deepspeed``/torchrun (local stack, tests)."""
+def init_distributed(timeout_s: float | None = None) -> None:
+    """The process group (NCCL on GPUs, gloo on the CPU) from torchrun's / the DeepSpeed
+    launcher's environment, with single-process defaults when neither launched it (local stack,
+    tests). ``timeout_s`` bounds every collective's wait for a missing rank."""
     import deepspeed
 
     prepare_extension_builds()
@@ -56,7 +59,8 @@ def init_distributed() -> None:
         if own_port:
             os.environ["MASTER_PORT"] = str(free_port())
         try:
-            deepspeed.init_distributed(dist_backend=backend)
+            kwargs = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+            deepspeed.init_distributed(dist_backend=backend, **kwargs)
             return
         except torch.distributed.DistNetworkError:
             # a port this process picked was taken by another before the store bound it
@@ -100,7 +104,7 @@ def build_engine(model: torch.nn.Module, cfg: TrainerConfig, lr: float):
     """DeepSpeed engine around ``model``, a ``policy.Policy`` (its HF model is ``model.lm``)."""
     import deepspeed
 
-    init_distributed()
+    init_distributed(cfg.dist_timeout_s)
     if cfg.gradient_checkpointing:
         # non-reentrant: works with ZeRO-3's parameter hooks and inputs that need no grad
         model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,11 +1,13 @@
 """``t1 trainer``: the DeepSpeed RL trainer (feeder, steps, weight publication).
 
-Launched once, or by ``deepspeed``/torchrun with WORLD_SIZE > 1: rank 0 serves HTTP and does
-all Redis work; the other ranks only train on the batches it broadcasts.
+Launched once, or by torchrun / the DeepSpeed launcher with WORLD_SIZE > 1 (docs/deploy.md,
+"Trainer ranks"): rank 0 does all Redis work and the other ranks only train on the batches it
+broadcasts. Each node's (pod's) local rank 0 serves HTTP, so every pod answers its probes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 from services.common.config import T1Config
@@ -13,15 +15,20 @@ from services.common.http import ServerThread, service_app
 from services.common.logs import setup_logging
 from services.common.runtime import consumer_name, pin_cpus, require_redis, stop_on_signals
 
+log = logging.getLogger(__name__)
+PEER_STOPPED = os.EX_TEMPFAIL  # 75: temporary failure, to be retried
+
 
 def serve(cfg: T1Config, name: str | None = None) -> int:
     setup_logging("trainer")
     pin_cpus(cfg.trainer.cpus)
-    main = int(os.environ.get("RANK", "0")) == 0
-    s = require_redis(cfg, "trainer") if main else None
-    state: dict = {"ready": False, "version": None}
+    rank = int(os.environ.get("RANK", "0"))
+    s = require_redis(cfg, "trainer") if rank == 0 else None
+    state: dict = {"ready": False, "version": None, "rank": rank,
+                   "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    serves_http = int(os.environ.get("LOCAL_RANK", "0")) == 0
     http = ServerThread(service_app("trainer", lambda: dict(state)),
-                        cfg.trainer.host, cfg.trainer.port).start() if main else None
+                        cfg.trainer.host, cfg.trainer.port).start() if serves_http else None
     from services.trainer.rl import RLTrainer
 
     # No in-process retry on Redis errors: a step whose commit transaction failed has already
@@ -36,7 +43,14 @@ def serve(cfg: T1Config, name: str | None = None) -> int:
             state["version"] = trainer.version
         if trainer.version >= cfg.trainer.total_steps:
             trainer.finish()
+            return 0
     finally:
         if http is not None:
             http.stop()
-    return 0
+    if trainer.stop_event.is_set():
+        return 0  # this process was asked to stop
+    # Another rank was stopped (its pod deleted): leave with a code that means "restart me",
+    # not 0, because torchrun waits up to 5 minutes at exit for launchers that a signal ended,
+    # and the world must re-form (docs/deploy.md, "Trainer ranks").
+    log.warning("stopped because another rank was; exiting %d so that this rank restarts", PEER_STOPPED)
+    return PEER_STOPPED

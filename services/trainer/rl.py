@@ -90,7 +90,7 @@ class RLTrainer:
         )
 
         check_sampling(cfg)
-        init_distributed()
+        init_distributed(cfg.trainer.dist_timeout_s)
         self.main = dist.is_main()
         self.cfg = cfg
         self.tc = cfg.trainer
@@ -123,7 +123,7 @@ class RLTrainer:
             log.warning("no checkpoint for committed v%d (newest usable: %s): weights from the "
                         "announcement, fresh optimizer state, anchor = policy", committed, resume_from)
         self.stop_event = threading.Event()
-        self.stopped = False  # the stop as rank 0 broadcast it: every rank leaves the loop together
+        self.stopped = False  # a stop agreed by all ranks: every rank leaves the loop together
         if self.main:
             ledger = Ledger(s)
             consumer = streams.Consumer(s, streams.SCORED, GROUP, name, ScoredGroup,
@@ -171,12 +171,14 @@ class RLTrainer:
             self.admission.fill(self.version)
             batch = self.admission.current if self.admission.full() else None
         if dist.world_size() > 1:
+            # A stop on any rank (SIGTERM to one pod of a multi-node run) stops them all here,
+            # between steps; the unfinished batch stays pending in Redis for the restart.
+            self.stopped = dist.any_rank(self.stop_event.is_set())
+            if self.stopped:
+                return None
             blob = msgspec.msgpack.encode(batch.groups) if batch is not None else None
             offered = batch.offered if batch is not None else 0
-            stop, blob, offered = dist.broadcast((self.stop_event.is_set(), blob, offered))
-            self.stopped = stop
-            if stop:
-                return None  # the unfinished batch stays pending in Redis for the restart
+            blob, offered = dist.broadcast((blob, offered))
             if not self.main and blob is not None:
                 batch = Batch(groups=msgspec.msgpack.decode(blob, type=list[ScoredGroup]),
                               offered=offered)
@@ -184,8 +186,8 @@ class RLTrainer:
 
     @property
     def stopping(self) -> bool:
-        """Whether the loop should end: in a multi-rank run only the broadcast stop counts, so
-        that no rank leaves while the others wait in a collective."""
+        """Whether the loop should end: in a multi-rank run only the stop all ranks agreed on in
+        ``run_once`` counts, so that no rank leaves while the others wait in a collective."""
         return self.stopped if dist.world_size() > 1 else self.stop_event.is_set()
 
     def finish(self) -> None:

@@ -117,9 +117,51 @@ def test_schema_validation_catches_a_broken_manifest():
             kubernetes_validate.validate(bad, KUBE_VERSION, strict=True)
 
 
-def test_chart_refuses_more_than_one_trainer_rank():
-    with pytest.raises(helm_python.HelmRenderError, match="trainer.replicas > 1"):
-        render({"trainer": {"replicas": 2}})
+def torchrun_flags(command: list[str]) -> tuple[dict[str, str], list[str]]:
+    """torchrun's ``--flag=value`` options, and the command it launches (after --no-python)."""
+    assert command[0] == "torchrun" and "--no-python" in command
+    cut = command.index("--no-python")
+    flags = dict(f[2:].split("=", 1) if "=" in f else (f[2:], "") for f in command[1:cut])
+    return flags, command[cut + 1:]
+
+
+def test_chart_trainer_ranks_are_pods_times_ranks_per_pod():
+    """M pods x N ranks: torchrun's static rendezvous, node rank = pod index, hosted by pod 0
+    under the headless Service's name; one GPU per rank; a graceful stop within the grace."""
+    values = {"trainer": {"replicas": 2, "ranksPerPod": 4,
+                          "resources": {"limits": {"memory": "64Gi", "nvidia.com/gpu": 4}}}}
+    docs = render(values)
+    sts = find(docs, "StatefulSet", "t1-trainer")
+    c = container(sts, "trainer")
+    flags, launched = torchrun_flags(c["command"])
+    assert launched == ["t1", "trainer"]
+    assert flags["nnodes"] == "2" and flags["nproc-per-node"] == "4"
+    assert flags["node-rank"] == "$(POD_INDEX)" and flags["max-restarts"] == "0"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"} & set(env)  # torchrun's to set
+    # pod 0's DNS name: <statefulset>-0.<headless service>
+    headless = find(docs, "Service", sts["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+    assert flags["master-addr"] == f"{sts['metadata']['name']}-0.{headless['metadata']['name']}"
+    dist_port = next(p for p in headless["spec"]["ports"] if p["name"] == "dist")["port"]
+    assert flags["master-port"] == str(dist_port)
+    assert sts["spec"]["replicas"] == 2 and sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
+    grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert 0 < int(flags["shutdown-timeout"]) < grace
+    # ranks reach each other on any port (gloo / NCCL pick theirs)
+    policy = find(docs, "NetworkPolicy", "t1-trainer")
+    assert "ports" not in policy["spec"]["ingress"][0]
+
+    one = torchrun_flags(container(find(render(), "StatefulSet", "t1-trainer"), "trainer")["command"])[0]
+    assert one["nnodes"] == "1" and one["master-addr"] == "127.0.0.1"
+
+
+def test_chart_refuses_gpus_that_do_not_match_the_ranks():
+    with pytest.raises(helm_python.HelmRenderError, match="ranksPerPod"):
+        render({"trainer": {"ranksPerPod": 2}})  # the default limit is one GPU
 
 
 def test_chart_workloads_storage_and_gpus():
@@ -465,6 +507,9 @@ def test_compose_cpu_override_drops_gpus_and_uses_cpu_targets():
         assert svc["image"] != base["services"][name]["image"]
     generator_env = cpu["services"]["generator"]["environment"]
     assert float(generator_env["T1__GENERATOR__GPU_MEMORY_UTILIZATION"]) <= 0.5
+    # GPU: one trainer rank per visible GPU; CPU: a number of ranks (torchrun cannot count GPUs)
+    assert torchrun_flags(base["services"]["trainer"]["entrypoint"])[0]["nproc-per-node"] == "gpu"
+    assert torchrun_flags(cpu["services"]["trainer"]["entrypoint"])[0]["nproc-per-node"] == "1"
     # nothing else in the merged file asks for a GPU
     assert "capabilities" not in yaml.safe_dump(cpu)
 
@@ -493,8 +538,9 @@ def test_commands_and_ports_agree_across_cli_config_compose_dockerfile_and_chart
         for files in (compose, cpu_compose):
             svc = files["services"][name]
             instr = stages[svc["build"]["target"]]["instr"]
-            entry = yaml.safe_load(instr["ENTRYPOINT"][-1])
-            assert entry == ["t1", name] and name in cli.commands
+            assert yaml.safe_load(instr["ENTRYPOINT"][-1]) == ["t1", name] and name in cli.commands
+            if name == "trainer":  # compose launches it through torchrun
+                assert torchrun_flags(svc["entrypoint"])[1] == ["t1", name]
             assert arg_after(svc["command"], "--port") == str(port)
             assert arg_after(svc["command"], "--host") == "0.0.0.0"
             assert arg_after(yaml.safe_load(instr["CMD"][-1]), "--port") == str(port)
@@ -506,7 +552,7 @@ def test_commands_and_ports_agree_across_cli_config_compose_dockerfile_and_chart
         assert chart_values[name]["port"] == port
         kind = "StatefulSet" if name == "trainer" else "Deployment"
         c = container(find(docs, kind, f"t1-{name}"), name)
-        assert c["command"] == ["t1", name]
+        assert (torchrun_flags(c["command"])[1] if name == "trainer" else c["command"]) == ["t1", name]
         assert arg_after(c["args"], "--port") == str(port)
         assert arg_after(c["args"], "--host") == "0.0.0.0"
         assert {"name": "http", "containerPort": port} in c["ports"]
