@@ -6,6 +6,9 @@
    some expressions, sets, intervals and radicals; about half of the answers are wrong.
 2. HTTP: ``t1 verifier`` as its own process on loopback, hit by an async client with several
    requests in flight; items/s and per-request p50/p99 latency.
+3. Python task: the same checks (small programs, 4 tests each, a third of them wrong) under
+   bubblewrap and as a bare limited process (the ``process`` backend), one at a time, in one run:
+   what the namespaces cost per check.
 """
 
 from __future__ import annotations
@@ -99,6 +102,40 @@ async def http_load(url: str, data) -> tuple[float, list[float], int]:
     return wall, latencies, errors
 
 
+PY_CHECKS = 60
+
+
+def python_checks(n: int) -> list[tuple[str, list[str]]]:
+    rng = random.Random(1)
+    out = []
+    for i in range(n):
+        k = rng.randint(2, 9)
+        body = f"return sum(range(n)) * {k}" if i % 3 else f"return sum(range(n + 1)) * {k}"
+        code = f"import functools\n\n@functools.lru_cache\ndef f(n):\n    {body}\n"
+        out.append((code, [f"assert f({n}) == {sum(range(n)) * k}" for n in (3, 10, 100, 1000)]))
+    return out
+
+
+def python_task(checks) -> tuple[float, float, int]:
+    """Seconds for all checks under bubblewrap and bare, and the passes (equal, or it fails)."""
+    from services.verifier.code_sandbox import CodeSandbox
+    from services.verifier.isolation.bubblewrap import BubblewrapIsolation
+
+    isolated = CodeSandbox(timeout_s=10.0, memory_mb=256, isolation="required")
+    bare = CodeSandbox(timeout_s=10.0, memory_mb=256, isolation="best_effort")
+    bare.bubblewrap = BubblewrapIsolation("/nonexistent/bwrap")  # forces the process backend
+    times, passes = {}, {}
+    for name, box in (("bare", bare), ("isolated", isolated), ("bare2", bare), ("isolated2", isolated)):
+        t0 = time.perf_counter()
+        results = [box.run(code, tests) for code, tests in checks]
+        times[name] = time.perf_counter() - t0
+        passes[name] = sum(r.passed for r in results)
+        want = "bubblewrap" if name.startswith("isolated") else "process"
+        assert all(r.isolation == want for r in results), name
+    assert len(set(passes.values())) == 1, passes  # the same verdicts either way
+    return min(times["isolated"], times["isolated2"]), min(times["bare"], times["bare2"]), passes["bare"]
+
+
 def main() -> None:
     from services.common.http import wait_healthy
     from services.common.net import free_port
@@ -129,10 +166,16 @@ def main() -> None:
     print(f"http: {HTTP_REQUESTS} requests x {HTTP_BATCH} items, {HTTP_CONCURRENCY} in flight: "
           f"{items_per_s:.0f} items/s, {HTTP_REQUESTS / wall:.0f} req/s, p50 {p50:.1f} ms, "
           f"p99 {p99:.1f} ms, errors {errors}")
+    iso_s, bare_s, passed = python_task(python_checks(PY_CHECKS))
+    print(f"python: {PY_CHECKS} checks x 4 tests ({passed} passed either way), one at a time: "
+          f"bubblewrap {PY_CHECKS / iso_s:.1f} checks/s ({iso_s / PY_CHECKS * 1000:.0f} ms each), "
+          f"bare process {PY_CHECKS / bare_s:.1f} checks/s ({bare_s / PY_CHECKS * 1000:.0f} ms each); "
+          "best of two rounds each")
     print(f"RESULT verifier_vs_math_verify {peer_s / ours_s:.2f} x vs math-verify")
     print(f"RESULT verifier_one_worker_vs_math_verify {peer_s / serial_s:.2f} x vs math-verify")
     print(f"RESULT verifier_agreement_with_math_verify {agree:.4f} fraction vs math-verify")
     print(f"RESULT verifier_http_items_per_s_vs_math_verify {items_per_s / (N_ITEMS / peer_s):.2f} x vs math-verify")
+    print(f"RESULT verifier_python_isolated_vs_bare {bare_s / iso_s:.2f} x vs no-isolation")
 
 
 if __name__ == "__main__":

@@ -26,3 +26,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/pip uninstall -y torchvision torchaudio torchcodec >> .venv/install.log 2>&1 || true
     echo "$want" > "$stamp"
 fi
+
+# bubblewrap: the verifier's code sandbox (python tasks run under it; the test suite requires it).
+if ! command -v bwrap > /dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+        echo "bootstrap: installing bubblewrap (apt)" >&2
+        { apt-get install -y --no-install-recommends bubblewrap || { apt-get update && apt-get install -y --no-install-recommends bubblewrap; }; } > .venv/apt.log 2>&1 \
+            || { tail -20 .venv/apt.log >&2; exit 1; }
+    else
+        # not fatal: math needs no sandbox tool, and python tasks then say why they cannot run
+        echo "bootstrap: warning: bubblewrap (bwrap) is missing, python tasks will be refused;" \
+             "install it (Debian/Ubuntu: apt-get install bubblewrap)" >&2
+    fi
+fi

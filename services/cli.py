@@ -29,8 +29,18 @@ PortOpt = Annotated[Optional[int], typer.Option(help="HTTP port (default from co
 NameOpt = Annotated[Optional[str], typer.Option(help="consumer name (default: role-hostname)")]
 
 
+SECRET_KEYS = ("verifier.auth_token",)
+
+
 def _load(config: str, sets: list[str] | None, extra: dict[str, object] | None = None) -> T1Config:
     overrides = list(sets or [])
+    for item in overrides:
+        if item.split("=", 1)[0].strip() in SECRET_KEYS:
+            # argv is world-readable (ps, /proc/PID/cmdline): secrets come by env or file
+            console.print(f"[red]config error:[/red] {item.split('=', 1)[0]} on the command line: "
+                          "pass it as T1__VERIFIER__AUTH_TOKEN in the environment or set "
+                          "verifier.auth_token_file to a file holding it")
+            raise typer.Exit(2)
     overrides += [f"{k}={v}" for k, v in (extra or {}).items() if v is not None]
     try:
         return load_config(config, overrides)

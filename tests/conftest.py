@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -66,7 +67,7 @@ def start_verifier(tmp_path_factory):
     """Start `t1 verifier` as its own process (REST only) -> (process, base url); stopped after."""
     procs = []
 
-    def start(*sets: str):
+    def start(*sets: str, env: dict[str, str] | None = None):
         from services.common.http import wait_healthy
 
         port = free_port()
@@ -74,7 +75,7 @@ def start_verifier(tmp_path_factory):
         args = [sys.executable, "-m", "services.cli", "verifier", "--port", str(port), "--config", "quick"]
         for item in sets:
             args += ["--set", item]
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         if not wait_healthy(url, proc=proc):

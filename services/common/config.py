@@ -129,7 +129,12 @@ class VerifierConfig(Section):
     max_answer_chars: int = 2_000
     max_nesting: int = 12  # brace/paren depth; deeper answers are rejected before parsing
     max_inflight_requests: int = 64  # beyond this the REST API answers 503 with Retry-After
+    # Bearer token for POST /v1/verify: from the environment (T1__VERIFIER__AUTH_TOKEN) or a
+    # file (auth_token_file, e.g. a mounted secret), never the command line, where every local
+    # user can read it. Listening beyond loopback without one needs allow_anonymous.
     auth_token: str | None = None
+    auth_token_file: str | None = None
+    allow_anonymous: bool = False
     queue_worker: bool = True
     rl_strict: bool = True  # the queue worker accepts only \boxed{} answers
     # T1's reward rule: 1 correct, 0 wrong, ``penalty_reward`` when a penalty applies.
@@ -144,11 +149,15 @@ class VerifierConfig(Section):
     allowed_scripts: list[str] = Field(default_factory=lambda: [
         "LATIN", "GREEK", "CYRILLIC", "CJK", "HIRAGANA", "KATAKANA", "HANGUL", "MATHEMATICAL",
         "DOUBLE-STRUCK", "SUPERSCRIPT", "SUBSCRIPT", "VULGAR FRACTION", "DEGREE", "FULLWIDTH"])
-    # ``python`` task: run the response's code against tests in a sandbox backend
-    code_backend: Literal["local", "docker"] = "local"
+    # ``python`` task: each check in a fresh interpreter under bubblewrap (its own namespaces).
+    # required: where bubblewrap cannot start, python tasks get status error with the reason;
+    # best_effort: they run as a plain limited process instead (verdicts say which ran).
+    code_isolation: Literal["required", "best_effort"] = "required"
     code_timeout_s: float = 10.0
     code_memory_mb: int = 512
-    docker_image: str = "python:3.11-slim"
+    # the interpreter checks run under ("": this service's own when it lives under /usr, else
+    # /usr/bin/python3); it must be readable by an unprivileged user
+    code_python: str = ""
 
 
 class TrainerConfig(Section):

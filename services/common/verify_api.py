@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.common.code_tests import BadTestForm, parse_test
+
 API_VERSION = "v1"
 Task = Literal["math", "multiple_choice", "python"]
 
@@ -18,8 +20,11 @@ class VerifyOptions(BaseModel):
                                            "false also accepts 'final answer is ...' / 'Answer: ...'")
     choices: str = Field("ABCDE", min_length=2, max_length=26, pattern="^[A-Z]+$",
                          description="multiple_choice: the option letters")
-    tests: list[str] = Field(default_factory=list, max_length=100,
-                             description="python: test snippets (e.g. asserts), each run after the code")
+    tests: list[str] = Field(
+        default_factory=list, max_length=100,
+        description="python: one assert per test whose expected side is a literal, e.g. "
+                    "'assert add(2, 3) == 5' (forms: services/common/code_tests.py); the program "
+                    "only evaluates the expression, the verifier compares")
 
 
 class VerifyItem(BaseModel):
@@ -35,6 +40,14 @@ class VerifyItem(BaseModel):
             raise ValueError(f"task {self.task!r} needs a non-empty 'gold' answer")
         if self.task == "python" and not self.options.tests:
             raise ValueError("task 'python' needs options.tests")
+        if self.task == "python":  # judged outside the program: only forms with a literal side
+            for i, test in enumerate(self.options.tests):
+                if len(test) > 10_000:
+                    raise ValueError(f"options.tests[{i}]: over 10000 characters")
+                try:
+                    parse_test(test)
+                except BadTestForm as exc:
+                    raise ValueError(f"options.tests[{i}]: {exc}") from None
         return self
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 import msgspec
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -22,6 +22,43 @@ INFLIGHT = Gauge("t1_verifier_inflight_requests", "REST requests being served")
 SHED = Counter("t1_verifier_shed_requests_total", "REST requests refused with 503 (overload)")
 
 
+class BodyLimit:
+    """413 for a request body over ``max_bytes``, declared (Content-Length) or not (chunked: read
+    up to the limit and no further, then handed on as one piece)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, 413)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await too_large(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
 def create_app(cfg: VerifierConfig, scorer: Scorer, health_extra=lambda: {}):
     app = service_app("verifier", lambda: {"ready": True, **health_extra()},
                       title="t1 verifier: math answer grading")
@@ -35,12 +72,7 @@ def create_app(cfg: VerifierConfig, scorer: Scorer, health_extra=lambda: {}):
             raise HTTPException(401, "missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > cfg.max_body_bytes):
-            return JSONResponse({"detail": f"request body over {cfg.max_body_bytes} bytes"}, 413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
 
     def score_all(req: VerifyRequest) -> list[VerifyResult]:
         verdicts = scorer.score_batch([(i.response, i.gold, i.task, i.options) for i in req.items])

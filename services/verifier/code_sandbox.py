@@ -1,73 +1,43 @@
-"""Code rewards: run a response's Python against tests in a sandbox backend.
+"""Code rewards: run a response's Python against tests, isolated, and judge it from outside.
 
-Running the submitted code is the point of this task type, so it runs only in a separate,
-limited process: a fresh temp dir as cwd, an empty environment, ``python -I`` (no user site, no
-env vars), rlimits on address space, CPU time, file size, open files and processes, no network
-where the kernel lets us unshare it, and a hard wall-clock kill of the whole process group.
-The container backend does the same through the Docker SDK on production hosts.
+One check = one fresh interpreter (``code_harness``) started through an isolation backend
+(``isolation/``): it runs the code once, evaluates each test's expression and writes the values
+to a pipe. The verifier reads at most ``REPORT_LIMIT`` bytes of them (the program's own stdout
+and stderr go nowhere, unbuffered), takes one result per test in order (more results, or out
+of order, is a tampered report: status ``error``; fewer means the program ended the check
+early, and the missing tests fail), and judges each value against the test's literal itself
+(``services.common.code_tests``). The reward is passed / requested
+tests, in [0, 1] by construction.
+
+Isolation level (``verifier.code_isolation``): ``required`` runs checks only under bubblewrap
+and refuses them (status ``error``, with the reason) where it cannot start; ``best_effort``
+falls back to a plain limited process. Every result names the level that ran.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import secrets
+import select
 import signal
 import subprocess
-import sys
 import tempfile
-from abc import ABC, abstractmethod
+import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
-_SENTINEL = "__T1_RESULTS__"
+from services.common.code_tests import BadTestForm, Check, decode_record, judge, parse_test
+from services.verifier.isolation.base import Isolation, sandbox_python
+from services.verifier.isolation.bubblewrap import BubblewrapIsolation
+from services.verifier.isolation.process import ProcessIsolation
 
-# Executed by the sandboxed interpreter. It limits itself before touching the submitted code,
-# then reports one pass/fail per test on its last stdout line.
-_RUNNER = r"""
-import ctypes, json, os, resource, sys
-spec = json.loads(sys.stdin.read())
-nonce = spec.pop("nonce")
-mem = spec["memory_mb"] * 2**20
-resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-resource.setrlimit(resource.RLIMIT_CPU, (spec["cpu_s"], spec["cpu_s"] + 1))
-resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
-resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
-resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-isolated = False
-try:  # a private network namespace with only a down loopback: no network at all
-    isolated = ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0
-except Exception:
-    pass
-# Preloaded before the privilege drop: where the interpreter's files are not world-readable
-# (a Python under /root), nobody could not import them later. In containers every module loads.
-import array, bisect, cmath, collections, copy, dataclasses, datetime, decimal, enum, fractions
-import functools, heapq, itertools, math, numbers, operator, random, re, statistics, string
-import typing
-if os.getuid() == 0:  # root ignores RLIMIT_NPROC: become nobody, so no fork/exec succeeds
-    os.setgroups([])
-    os.setgid(65534)
-    os.setuid(65534)
-results, error = [], None
-namespace = {"__name__": "__main__"}
-try:
-    exec(compile(spec["code"], "<response>", "exec"), namespace)
-except BaseException as exc:
-    error = f"{type(exc).__name__}: {exc}"[:300]
-for test in spec["tests"]:
-    if error is not None:
-        results.append(False)
-        continue
-    try:
-        exec(compile(test, "<test>", "exec"), dict(namespace))
-        results.append(True)
-    except BaseException:
-        results.append(False)
-sys.stdout.write("\n" + SENTINEL + nonce + json.dumps({"results": results, "error": error, "isolated": isolated}) + "\n")
-sys.stdout.flush()
-""".replace("SENTINEL", repr(_SENTINEL))
+_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+HARNESS = (Path(__file__).parent / "code_harness.py").read_text()
+REPORT_LIMIT = 2**20  # bytes of results read from a check; more is an error, never buffered
 
 
 def extract_code(response: str) -> str:
@@ -82,7 +52,7 @@ class CodeResult:
     passed: int = 0
     total: int = 0
     detail: str | None = None
-    network_isolated: bool = False
+    isolation: str | None = None  # the backend that ran the check (None: none could)
     per_test: list[bool] = field(default_factory=list)
 
     @property
@@ -90,118 +60,130 @@ class CodeResult:
         return self.passed / self.total if self.total else 0.0
 
 
-class CodeSandbox(ABC):
-    """One interface for every place submitted code may run."""
-
-    @abstractmethod
-    def run(self, code: str, tests: list[str]) -> CodeResult: ...
-
-
-def _new_spec(code: str, tests: list[str], memory_mb: int, timeout_s: float) -> tuple[str, str]:
-    # The per-run nonce marks the runner's own report line, so a program that prints a look-alike
-    # line and exits early does not pass. (A program that digs the nonce out of the runner's
-    # memory could still forge it: the sandbox protects the host, not the reward from a
-    # deliberate forger; the container backend is the same in this respect.)
-    nonce = secrets.token_hex(16)
-    spec = {"code": code, "tests": tests, "memory_mb": memory_mb, "cpu_s": max(1, int(timeout_s)),
-            "nonce": nonce}
-    return json.dumps(spec), nonce
-
-
-def _parse_output(stdout: str, total: int, nonce: str) -> CodeResult:
-    marker = _SENTINEL + nonce
-    line = next((x for x in reversed(stdout.splitlines()) if x.startswith(marker)), None)
-    if line is None:
-        return CodeResult("error", total=total, detail="sandboxed process ended without a report")
-    report = json.loads(line[len(marker):])
-    per_test = [bool(x) for x in report["results"]]
-    return CodeResult("ok", passed=sum(per_test), total=total, detail=report["error"],
-                      network_isolated=bool(report["isolated"]), per_test=per_test)
-
-
-class LocalProcessSandbox(CodeSandbox):
-    def __init__(self, timeout_s: float = 10.0, memory_mb: int = 512) -> None:
+class CodeSandbox:
+    def __init__(self, timeout_s: float = 10.0, memory_mb: int = 512,
+                 isolation: Literal["required", "best_effort"] = "required", python: str = "") -> None:
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
+        self.level = isolation
+        self.python = python
+        self.bubblewrap = BubblewrapIsolation()
+
+    def backend(self) -> tuple[Isolation | None, str | None]:
+        """The backend checks run under, or None and why none may."""
+        why = self.bubblewrap.unavailable()
+        if why is None:
+            return self.bubblewrap, None
+        if self.level == "best_effort":
+            return ProcessIsolation(), f"weaker isolation: {why}"
+        return None, f"code isolation required but unavailable: {why}"
 
     def run(self, code: str, tests: list[str]) -> CodeResult:
-        spec, nonce = _new_spec(code, tests, self.memory_mb, self.timeout_s)
-        with tempfile.TemporaryDirectory(prefix="t1-code-") as workdir:
-            os.chmod(workdir, 0o777)  # the runner drops to nobody when started as root
-            proc = subprocess.Popen([sys.executable, "-I", "-c", _RUNNER], cwd=workdir,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
-                                    start_new_session=True, text=True)
-            try:
-                stdout, _ = proc.communicate(spec, timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                return CodeResult("timeout", total=len(tests), detail=f"exceeded {self.timeout_s:.1f}s")
-        result = _parse_output(stdout, len(tests), nonce)
-        if result.status == "error" and proc.returncode and proc.returncode < 0:
-            result.detail = f"killed by signal {-proc.returncode} (resource limit)"
+        try:
+            checks = [parse_test(t) for t in tests]  # the API refuses these with a 422 already
+        except BadTestForm as exc:
+            return CodeResult("error", total=len(tests), detail=f"unsupported test: {exc}")
+        backend, why = self.backend()
+        if backend is None:
+            return CodeResult("error", total=len(checks), detail=why)
+        try:
+            python = sandbox_python(self.python)
+        except RuntimeError as exc:
+            return CodeResult("error", total=len(checks), detail=str(exc))
+        result = self._run(backend, python, code, checks)
+        result.isolation = backend.name
+        note = f"isolation={backend.name}" + (f" ({why})" if why else "")
+        result.detail = f"{note}; {result.detail}" if result.detail else note
         return result
 
-
-class DockerSandbox(CodeSandbox):
-    """The same runner inside a throw-away container (``docker`` SDK), for production hosts.
-
-    No Docker engine runs on this project's CI machines: tests cover ``container_spec`` and the
-    clear error when no engine answers, not a container run.
-    """
-
-    def __init__(self, image: str = "python:3.11-slim", timeout_s: float = 10.0,
-                 memory_mb: int = 512) -> None:
-        self.image = image
-        self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
-        self._client = None
-
-    def container_spec(self, spec_json: str) -> dict:
-        return {
-            "image": self.image,
-            "command": ["python", "-I", "-c", f"import sys, io; sys.stdin = io.StringIO({spec_json!r}); "
-                                               + _RUNNER],
-            "network_disabled": True,
-            "mem_limit": f"{self.memory_mb}m",
-            "memswap_limit": f"{self.memory_mb}m",
-            "pids_limit": 16,
-            "read_only": True,
-            "tmpfs": {"/tmp": "size=16m"},
-            "working_dir": "/tmp",
-            "user": "65534:65534",
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "detach": True,
-        }
-
-    def client(self):
-        if self._client is None:
-            import docker
-
+    def _run(self, backend: Isolation, python: str, code: str, checks: list[Check]) -> CodeResult:
+        total = len(checks)
+        read_fd, write_fd = os.pipe()
+        spec = json.dumps({"code": code, "exprs": [c.expr for c in checks], "memory_mb": self.memory_mb,
+                           # the wall clock decides (a timeout); the CPU limit only backs it up
+                           "cpu_s": math.ceil(self.timeout_s) + 1, "report_fd": write_fd}).encode()
+        with tempfile.TemporaryDirectory(prefix="t1-code-") as workdir:
+            os.chmod(workdir, 0o777)  # the process backend's cwd, for nobody
+            argv, fds = backend.command([python, "-I", "-S", "-c", HARNESS])
             try:
-                self._client = docker.from_env(timeout=int(self.timeout_s) + 5)
-                self._client.ping()
-            except docker.errors.DockerException as exc:
-                self._client = None
-                raise RuntimeError(f"docker code sandbox: no Docker engine reachable ({exc})") from exc
-        return self._client
+                proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        pass_fds=(write_fd, *fds), env={"PATH": "/usr/bin:/bin"},
+                                        start_new_session=True, **backend.popen_kwargs())
+            except OSError as exc:
+                os.close(read_fd)
+                return CodeResult("error", total=total, detail=f"cannot start the sandbox: {exc}")
+            finally:
+                for fd in (write_fd, *fds):  # ours closed: EOF comes when the sandbox's copy closes
+                    os.close(fd)
+            threading.Thread(target=_feed, args=(proc, spec), daemon=True).start()
+            try:
+                report, why = _read_report(read_fd, time.monotonic() + self.timeout_s)
+            finally:
+                os.close(read_fd)
+                _kill(proc)
+        if why == "timeout":
+            return CodeResult("timeout", total=total, detail=f"exceeded {self.timeout_s:.1f}s")
+        if why is not None:
+            return CodeResult("error", total=total, detail=why)
+        return _judge_report(report, checks)
 
-    def run(self, code: str, tests: list[str]) -> CodeResult:
-        spec, nonce = _new_spec(code, tests, self.memory_mb, self.timeout_s)
-        container = self.client().containers.run(**self.container_spec(spec))
+
+def _feed(proc: subprocess.Popen, spec: bytes) -> None:
+    try:
+        proc.stdin.write(spec)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass  # the sandbox died first; its missing report says so
+
+
+def _read_report(fd: int, deadline: float) -> tuple[bytes, str | None]:
+    chunks, size = [], 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b"", "timeout"
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks), None
+        size += len(chunk)
+        if size > REPORT_LIMIT:
+            return b"", f"report over {REPORT_LIMIT} bytes"
+        chunks.append(chunk)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """The whole check, whatever state it is in (bwrap's namespace dies with it)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _judge_report(report: bytes, checks: list[Check]) -> CodeResult:
+    total = len(checks)
+    lines = report.splitlines()
+    if len(lines) > total:  # only the program can have written the extra lines
+        return CodeResult("error", total=total,
+                          detail=f"tampered report: {len(lines)} results for {total} tests")
+    per_test, errors = [], []
+    if len(lines) < total:  # it exited, crashed or hit a limit before the harness was done
+        errors.append(f"the program ended the check after {len(lines)} of {total} results")
+    for i, (line, check) in enumerate(zip(lines, checks)):
         try:
-            try:
-                container.wait(timeout=self.timeout_s)
-            except Exception:
-                return CodeResult("timeout", total=len(tests), detail=f"exceeded {self.timeout_s:.1f}s")
-            return _parse_output(container.logs(stdout=True, stderr=False).decode(), len(tests), nonce)
-        finally:
-            container.remove(force=True)
-
-
-def make_code_sandbox(backend: str, timeout_s: float, memory_mb: int, image: str) -> CodeSandbox:
-    if backend == "docker":
-        return DockerSandbox(image, timeout_s, memory_mb)
-    return LocalProcessSandbox(timeout_s, memory_mb)
+            index, value, error = decode_record(line)
+        except Exception:  # noqa: BLE001 -- a line or value that does not decode fails its test
+            per_test.append(False)
+            continue
+        if index != i:
+            return CodeResult("error", total=total, detail=f"tampered report: line {i} is for test {index}")
+        if error is not None:
+            errors.append(f"test {i}: {error}")
+        per_test.append(error is None and judge(check, value))
+    per_test += [False] * (total - len(per_test))
+    return CodeResult("ok", passed=sum(per_test), total=total, per_test=per_test,
+                      detail="; ".join(errors[:3]) or None)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from services.common.config import VerifierConfig
 from services.common.schemas import Verdict
 from services.common.verify_api import VerifyOptions
-from services.verifier.code_sandbox import extract_code, make_code_sandbox
+from services.verifier.code_sandbox import CodeSandbox, extract_code
 from services.verifier.equivalence import fast_equivalent
 from services.verifier.extract import extract_answer, extract_choice
 from services.verifier.penalties import garbled_share, is_repetitive
@@ -30,8 +30,8 @@ class Scorer:
     def __init__(self, cfg: VerifierConfig, pool: SandboxPool | None = None) -> None:
         self.cfg = cfg
         self.pool = pool or SandboxPool(cfg.workers, cfg.timeout_s, cfg.memory_mb)
-        self.code = make_code_sandbox(cfg.code_backend, cfg.code_timeout_s, cfg.code_memory_mb,
-                                      cfg.docker_image)
+        self.code = CodeSandbox(cfg.code_timeout_s, cfg.code_memory_mb, cfg.code_isolation,
+                                cfg.code_python)
         self.scripts = tuple(cfg.allowed_scripts)
         self._threads = ThreadPoolExecutor(max(1, self.pool.size), thread_name_prefix="score")
         self.fast_path_hits = 0
@@ -114,11 +114,7 @@ class Scorer:
         return "ok", verdict[0], extracted, verdict[1]
 
     def _python(self, response: str, options: VerifyOptions):
-        code = extract_code(response)
-        try:
-            result = self.code.run(code, options.tests)
-        except RuntimeError as exc:  # e.g. the docker backend with no engine reachable
-            return "error", 0.0, None, str(exc)
+        result = self.code.run(extract_code(response), options.tests)
         return result.status, result.fraction, f"{result.passed}/{result.total} tests", result.detail
 
     def close(self) -> None:

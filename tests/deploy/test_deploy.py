@@ -559,3 +559,44 @@ def test_commands_and_ports_agree_across_cli_config_compose_dockerfile_and_chart
         svc = find(docs, "Service", f"t1-{name}")
         http = next(p for p in svc["spec"]["ports"] if p["name"] == "http")
         assert http["targetPort"] == "http" and http["port"] == port
+
+
+def test_verifier_container_grants_exactly_what_its_sandbox_needs():
+    """bubblewrap needs the runtime's seccomp/AppArmor profiles off for this container (user
+    namespaces); everything else of the shared hardening stays."""
+    c = container(find(render(), "Deployment", "t1-verifier"), "verifier")
+    sc = c["securityContext"]
+    assert sc["seccompProfile"] == {"type": "Unconfined"} and sc["appArmorProfile"] == {"type": "Unconfined"}
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
+    assert "privileged" not in sc
+    for name in ("generator", "trainer"):  # the others keep the runtime's default profile
+        kind = "StatefulSet" if name == "trainer" else "Deployment"
+        assert "seccompProfile" not in container(find(render(), kind, f"t1-{name}"), name)["securityContext"]
+    svc = compose_config("docker-compose.yml")["services"]["verifier"]
+    assert sorted(svc["security_opt"]) == ["apparmor=unconfined", "seccomp=unconfined"]
+    assert svc["cap_drop"] == ["ALL"] and "privileged" not in svc
+    assert "bubblewrap" in " ".join(dockerfile_targets()["verifier"]["instr"]["RUN"])
+
+
+def test_verifier_token_always_comes_from_a_secret():
+    """Compose: a secret file read by the verifier; the chart: a generated Secret unless one is
+    given; never a command-line argument."""
+    svc = compose_config("docker-compose.yml")["services"]["verifier"]
+    assert svc["secrets"] == ["verifier_token"]
+    assert svc["environment"]["T1__VERIFIER__AUTH_TOKEN_FILE"] == "/run/secrets/verifier_token"
+    assert "T1__VERIFIER__AUTH_TOKEN" not in svc["environment"]
+    assert not any("auth_token" in a for a in svc["command"])
+    assert compose_config("docker-compose.yml")["secrets"]["verifier_token"]["file"] == "./secrets/verifier_token"
+
+    for values, secret, key in (({}, "t1-verifier-token", "token"),
+                                ({"verifier": {"authToken": {"existingSecret": "mine", "key": "k"}}}, "mine", "k")):
+        docs = render(values)
+        c = container(find(docs, "Deployment", "t1-verifier"), "verifier")
+        env = {e["name"]: e for e in c["env"]}
+        assert env["T1__VERIFIER__AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}
+        assert not any("auth_token" in a for a in c["args"] + c["command"])
+        generated = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "t1-verifier-token"]
+        assert len(generated) == (0 if values else 1)
+        if generated:
+            import base64
+            assert len(base64.b64decode(generated[0]["data"]["token"])) == 40

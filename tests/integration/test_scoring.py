@@ -94,11 +94,12 @@ def test_python_task_reward_is_the_fraction_of_tests_passed(scorer):
     tests = ["assert add(1, 2) == 3", "assert add(2, 2) == 5", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"]
     v = scorer.score(response, "", task="python", options=VerifyOptions(tests=tests))
     assert v.status == "ok" and v.reward == 0.75 and v.correct is False and v.extracted == "3/4 tests"
+    assert v.detail == "isolation=bubblewrap"  # the level that ran, on every python verdict
     v = scorer.score(response, "", task="python", options=VerifyOptions(tests=tests[:1]))
     assert v.correct is True and v.reward == 1.0
 
 
 def test_python_task_hang_is_a_timeout(scorer):
     v = scorer.score("```python\nwhile True: pass\n```", "", task="python",
-                     options=VerifyOptions(tests=["assert True"]))
-    assert v.status == "timeout" and v.reward == 0.0
+                     options=VerifyOptions(tests=["assert f() == 1"]))
+    assert v.status == "timeout" and v.reward == 0.0 and "isolation=bubblewrap" in v.detail

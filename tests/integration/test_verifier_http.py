@@ -16,9 +16,8 @@ TIMEOUT_S = 2.0
 
 @pytest.fixture(scope="module")
 def verifier_url(start_verifier):
-    proc, url = start_verifier(f"verifier.auth_token={TOKEN}",
-                               f"verifier.timeout_s={TIMEOUT_S}", "verifier.max_batch=8",
-                               "verifier.max_body_bytes=300000")
+    proc, url = start_verifier(f"verifier.timeout_s={TIMEOUT_S}", "verifier.max_batch=8",
+                               "verifier.max_body_bytes=300000", env={"T1__VERIFIER__AUTH_TOKEN": TOKEN})
     yield url
     proc.terminate()
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it
@@ -91,11 +90,32 @@ def test_hostile_answers_get_a_verdict_in_time_and_the_service_stays_healthy(ver
     assert not os.path.exists("/tmp/t1-pwned")
 
 
+def test_python_attacks_over_http_earn_nothing_and_the_service_stays_healthy(verifier_url):
+    from sandbox_attacks import ATTACKS
+
+    chosen = {"forged_report_and_exit", "forged_extra_results", "rewritten_builtins", "report_flood",
+              "fork_bomb", "memory_bomb", "equal_to_everything", "deep_forged_record"}
+    items = [{"response": f"```python\n{code}\n```", "task": "python", "options": {"tests": tests}}
+             for name, code, tests, _ in ATTACKS if name in chosen]
+    r = post(verifier_url, {"items": items[:8]})
+    assert r.status_code == 200, r.text
+    for res in r.json()["results"]:
+        assert res["reward"] == 0.0 and res["correct"] is False and res["status"] in ("ok", "error")
+        assert res["detail"].startswith("isolation=bubblewrap")
+    assert httpx.get(f"{verifier_url}/health", timeout=2).json()["ready"] is True
+    good = post(verifier_url, {"items": [{"response": "def add(a, b):\n    return a + b", "task": "python",
+                                          "options": {"tests": ["assert add(2, 3) == 5"]}}]})
+    assert good.json()["results"][0]["reward"] == 1.0
+
+
 @pytest.mark.parametrize("body,code", [
     ({"items": []}, 422),
     ({"items": [{"response": "x"}]}, 422),  # math needs a gold answer
     ({"items": [{"response": "x", "gold": "1", "task": "chess"}]}, 422),
     ({"items": [{"response": "x", "task": "python"}]}, 422),  # python needs tests
+    # a test the verifier could not judge outside the program (no literal side)
+    ({"items": [{"response": "x", "task": "python", "options": {"tests": ["assert f(1) == g(1)"]}}]}, 422),
+    ({"items": [{"response": "x", "task": "python", "options": {"tests": ["print(1)"]}}]}, 422),
     ({"items": [{"response": "x", "gold": "1", "options": {"finish_reason": "maybe"}}]}, 422),
     ({"wrong": 1}, 422),
     ({"items": [{"response": "x", "gold": "1"}] * 9}, 413),
@@ -104,6 +124,23 @@ def test_malformed_requests_get_a_clear_4xx(verifier_url, body, code):
     r = post(verifier_url, body)
     assert r.status_code == code
     assert r.json()["detail"]
+
+
+def test_a_chunked_body_is_held_to_the_same_limit(verifier_url):
+    """No Content-Length (chunked transfer): the server reads up to the limit, then says 413."""
+    def chunks(total):
+        piece = b" " * 65536
+        yield b'{"items": [{"response": "so \\\\boxed{2}", "gold": "2"}]'
+        for _ in range(total // len(piece)):
+            yield piece
+        yield b"}"
+
+    headers = {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
+    big = httpx.post(f"{verifier_url}/v1/verify", content=chunks(400_000), headers=headers, timeout=30)
+    assert big.status_code == 413 and "request body over 300000 bytes" in big.json()["detail"]
+    small = httpx.post(f"{verifier_url}/v1/verify", content=chunks(100_000), headers=headers, timeout=30)
+    assert small.status_code == 200 and small.json()["results"][0]["correct"] is True
+    assert "content-length" not in {k.lower() for k in small.request.headers}
 
 
 def test_client_raises_the_servers_message_for_4xx(verifier_url):
@@ -162,3 +199,37 @@ def test_client_gives_up_on_an_unreachable_server_after_its_retries():
         with pytest.raises(httpx.TransportError):
             c.verify([{"response": "\\boxed{1}", "gold": "1"}])
     assert time.monotonic() - t0 < 5
+
+
+def run_cli(*args, env=None, timeout=60):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_a_token_on_the_command_line_is_refused():
+    r = run_cli("verifier", "--config", "quick", "--set", "verifier.auth_token=hunter2")
+    assert r.returncode == 2 and "on the command line" in r.stdout + r.stderr
+    assert "T1__VERIFIER__AUTH_TOKEN" in r.stdout + r.stderr
+
+
+def test_listening_beyond_loopback_needs_a_token():
+    from services.common.net import free_port
+
+    r = run_cli("verifier", "--config", "quick", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert r.returncode != 0 and "without a token" in r.stdout + r.stderr
+    missing = run_cli("verifier", "--config", "quick", "--host", "0.0.0.0", "--port", str(free_port()),
+                      "--set", "verifier.auth_token_file=/nonexistent/token")
+    assert missing.returncode != 0 and "cannot read verifier.auth_token_file" in missing.stdout + missing.stderr
+
+
+def test_the_token_can_come_from_a_file(start_verifier, tmp_path):
+    path = tmp_path / "token"
+    path.write_text("from-a-file\n")
+    proc, url = start_verifier(f"verifier.auth_token_file={path}")
+    body = {"items": [{"response": "\\boxed{2}", "gold": "2"}]}
+    assert post(url, body, token="from-a-file").status_code == 200
+    assert post(url, body, token=TOKEN).status_code == 401
+    assert post(url, body, token=None).status_code == 401

@@ -109,3 +109,12 @@ livenessProbe:
   configMap:
     name: {{ include "t1.fullname" . }}-config
 {{- end -}}
+
+{{/* The verifier's REST token: the user's Secret, or the one the chart generates. */}}
+{{- define "t1.verifierTokenSecret" -}}
+{{- .Values.verifier.authToken.existingSecret | default (printf "%s-verifier-token" (include "t1.fullname" .)) -}}
+{{- end -}}
+
+{{- define "t1.verifierTokenKey" -}}
+{{- if .Values.verifier.authToken.existingSecret }}{{ .Values.verifier.authToken.key }}{{ else }}token{{ end -}}
+{{- end -}}
