@@ -31,6 +31,10 @@ class RedisConfig(Section):
     # Acknowledged entries are deleted from prompts/rollouts/scored in the acking transaction,
     # so Redis holds only work in flight; true keeps them (audits and tests read the history).
     keep_acked: bool = False
+    # An entry delivered more than this many times without an acknowledgement is poison (it
+    # crashes or fails whoever reads it): it goes to the dead-letter stream and its prompt is
+    # dropped as `poison` in the ledger (0: retry for ever).
+    max_deliveries: int = Field(5, ge=0)
 
 
 class ModelConfig(Section):
@@ -205,6 +209,9 @@ class TrainerConfig(Section):
     # `t1 eval` can compare the checkpoints of a run afterwards
     keep_versions_every: int = Field(0, ge=0)
     drop_zero_variance: bool = True  # a group whose rewards are all equal carries no signal
+    # Samples whose check timed out or failed are left out of their group; the group is dropped
+    # (verifier_error) only when fewer than this many scored samples remain.
+    min_scored_samples: int = Field(2, ge=1)
     zero_stage: int = 2  # 3 partitions parameters too; they are gathered to publish
     # ZeRO-3: parameters with at most this many elements stay whole on every rank (DeepSpeed's
     # default); 0 partitions every one of them

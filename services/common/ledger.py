@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+from services.common import schemas
 from services.common.streams import Streams
+
+
+def prompt_id_of(msg) -> str | None:
+    if isinstance(msg, schemas.Prompt):
+        return msg.prompt_id
+    if isinstance(msg, schemas.RolloutGroup):
+        return msg.prompt.prompt_id
+    if isinstance(msg, schemas.ScoredGroup):
+        return msg.rollout.prompt.prompt_id
+    return None
 
 
 class Ledger:
@@ -31,6 +42,13 @@ class Ledger:
         pipe.hset(self.status_key, prompt_id, f"dropped:{reason}")
         pipe.hincrby(self.counts_key, "dropped", 1)
         pipe.hincrby(self.counts_key, f"dropped:{reason}", 1)
+
+    def mark_poisoned(self, pipe, msg) -> None:
+        """A consumer's ``on_poison``: the entry's prompt (a Prompt, RolloutGroup or ScoredGroup)
+        is dropped as ``poison`` in the dead-lettering transaction, if it is still in flight."""
+        pid = prompt_id_of(msg)
+        if pid is not None and self.status(pid) == "enqueued":
+            self.mark_dropped(pipe, pid, "poison")
 
     def status(self, prompt_id: str) -> str | None:
         raw = self.s.r.hget(self.status_key, prompt_id)

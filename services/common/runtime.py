@@ -21,7 +21,8 @@ def require_redis(cfg: T1Config, role: str) -> streams.Streams:
     if not cfg.redis.url:
         raise SystemExit(f"t1 {role}: no Redis configured; set redis.url (env T1__REDIS__URL) "
                          f"or run the whole local stack with `t1 up`")
-    return streams.Streams(streams.connect(cfg.redis.url), cfg.redis.prefix, cfg.redis.keep_acked)
+    return streams.Streams(streams.connect(cfg.redis.url), cfg.redis.prefix, cfg.redis.keep_acked,
+                           cfg.redis.max_deliveries)
 
 
 def stop_on_signals(stop_event: threading.Event) -> None:

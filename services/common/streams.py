@@ -7,7 +7,9 @@ consumer once idle longer than the visibility timeout. A consumer never claims w
 (read, not yet acknowledged or released), and keeps what it holds from going idle (``XCLAIM
 ... JUSTID`` by its owner resets the idle time), so long work is not handed on twice. Entries that
 cannot be decoded go to the dead-letter stream with the reason, in the same kind of
-transaction, so nothing disappears silently. Acknowledged entries are deleted in the acking
+transaction, so nothing disappears silently; so does an entry delivered more than
+``max_deliveries`` times (a poison message that crashes whoever reads it), with the owner's
+``on_poison`` accounting (the ledger's ``dropped:poison``) in the same transaction. Acknowledged entries are deleted in the acking
 transaction (unless ``keep_acked``): the ledger, not the streams, is the run's record.
 
 All keys share one hash tag (``{t1}:...``) so the multi-key transactions stay valid on a
@@ -47,10 +49,12 @@ def connect(url: str) -> redis.Redis:
 
 
 class Streams:
-    def __init__(self, client: redis.Redis, prefix: str = "t1", keep_acked: bool = False) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "t1", keep_acked: bool = False,
+                 max_deliveries: int = 0) -> None:
         self.r = client
         self.prefix = prefix
         self.keep_acked = keep_acked
+        self.max_deliveries = max_deliveries  # 0: no limit
 
     def key(self, name: str) -> str:
         return f"{{{self.prefix}}}:{name}"
@@ -90,8 +94,10 @@ class Consumer:
 
     def __init__(self, streams: Streams, stream: str, group: str, name: str,
                  expect: type[schemas.Message], visibility_timeout_s: float = 30.0,
-                 block_ms: int = 500) -> None:
+                 block_ms: int = 500, on_poison=None) -> None:
         self.s = streams
+        # on_poison(pipe, msg): account a poison entry in the dead-lettering transaction
+        self.on_poison = on_poison
         self.stream = stream
         self.group = group
         self.name = name
@@ -113,7 +119,7 @@ class Consumer:
         if not self._own_pending_done:
             raw = self.s.r.xreadgroup(self.group, self.name, {key: "0"}, count=count)
             held = self.holding()
-            entries = [e for e in (raw[0][1] if raw else []) if e[0].decode() not in held]
+            entries = self._screen([e for e in (raw[0][1] if raw else []) if e[0].decode() not in held])
             if entries:
                 self.reclaimed += len(entries)
                 log.info("re-reading %d own pending entries on %s", len(entries), self.stream)
@@ -143,7 +149,38 @@ class Consumer:
         if not ids:
             return []
         claimed = self.s.r.xclaim(key, self.group, self.name, self.visibility_ms, ids)
-        return [e for e in claimed if e and e[1]]  # trimmed entries come back empty
+        return self._screen([e for e in claimed if e and e[1]])  # trimmed entries come back empty
+
+    def _screen(self, raw_entries: list) -> list:
+        """The entries not yet delivered more than ``max_deliveries`` times; the others (each
+        delivery so far ended without an acknowledgement: their readers crashed or failed on
+        them) go to the dead-letter stream instead of crash-looping a consumer."""
+        limit = self.s.max_deliveries
+        if not limit or not raw_entries:
+            return raw_entries
+        key = self.s.key(self.stream)
+        pipe = self.s.r.pipeline(transaction=False)
+        for entry_id, _ in raw_entries:
+            pipe.xpending_range(key, self.group, entry_id, entry_id, 1)
+        delivered = [info[0]["times_delivered"] if info else 0 for info in pipe.execute()]
+        keep = []
+        for (entry_id, fields), n in zip(raw_entries, delivered):
+            if n <= limit:
+                keep.append((entry_id, fields))
+                continue
+            eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            payload = fields.get(b"data", b"")
+            pipe = self.s.transaction()
+            self.dead_letter(eid, f"poison: delivered {n} times without an acknowledgement",
+                             payload, pipe)
+            if self.on_poison is not None:
+                try:
+                    msg = schemas.decode(payload, self.expect)
+                except schemas.SchemaError:
+                    msg = None
+                self.on_poison(pipe, msg)
+            pipe.execute()
+        return keep
 
     def keep_alive(self, force: bool = False) -> None:
         """Reset the idle time of the entries this consumer holds (at most every third of the

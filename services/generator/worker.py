@@ -77,7 +77,8 @@ class GeneratorWorker:
         self.block_ms = block_ms
         self.receiver = receiver or FilesystemReceiver()
         self.consumer = streams.Consumer(s, streams.PROMPTS, GROUP, name, Prompt,
-                                         visibility_timeout_s, block_ms)
+                                         visibility_timeout_s, block_ms,
+                                         on_poison=Ledger(s).mark_poisoned)
         self.version = 0
         self.inflight: dict[str, asyncio.Task] = {}  # prompt entry id -> its generation task
         self._generating: set[str] = set()  # of those, the ones waiting on the engine

@@ -33,6 +33,7 @@ class Batch:
     entry_ids: list[str] = field(default_factory=list)
     groups: list[ScoredGroup] = field(default_factory=list)  # only the kept samples
     offered: int = 0  # samples generated for these groups, before the keep rule
+    unscored: int = 0  # samples left out because their check timed out or failed
 
     def prompt_ids(self) -> set[str]:
         return {g.rollout.prompt.prompt_id for g in self.groups}
@@ -82,10 +83,15 @@ class Admission:
             pipe.execute()
             log.warning("duplicate group %s (%s) acknowledged and skipped", pid, status)
             return
+        offered = len(g.verdicts)
+        scored = [i for i, v in enumerate(g.verdicts) if v.status == "ok"]
+        if len(scored) < offered and len(scored) >= self.tc.min_scored_samples:
+            # a sample whose check timed out or failed is left out, not the whole group
+            g = subset(g, scored)
         rewards = [v.reward for v in g.verdicts]
         if trained_by - g.rollout.policy_version > self.tc.max_staleness:
             self._drop(entry.id, pid, "too_stale")
-        elif any(v.status != "ok" for v in g.verdicts):
+        elif len(scored) < offered and len(scored) < self.tc.min_scored_samples:
             self._drop(entry.id, pid, "verifier_error")
         elif self.tc.drop_zero_variance and max(rewards) == min(rewards):
             self._drop(entry.id, pid, "zero_variance")
@@ -96,7 +102,8 @@ class Admission:
                 return
             batch.entry_ids.append(entry.id)
             batch.groups.append(subset(g, keep))
-            batch.offered += len(rewards)
+            batch.offered += offered
+            batch.unscored += offered - len(scored)
 
     def _drop(self, entry_id: str, prompt_id: str, reason: str) -> None:
         pipe = self.s.transaction()

@@ -69,6 +69,7 @@ def step_record(version: int, batch: Batch, fb: dict, compute_s: float, **extra)
         "adv_abs_max": advantages.abs().max().item(),
         "seq_kl_mean": seq_kl.mean().item(),
         "kept_fraction": len(verdicts) / max(batch.offered, 1),
+        "unscored_samples": batch.unscored,
         "response_len": n_tokens / len(verdicts), "tokens": n_tokens,
         "tokens_per_s": n_tokens / max(compute_s, 1e-9), "compute_s": compute_s,
         "staleness_mean": sum(version - g.rollout.policy_version for g in groups) / len(groups),
@@ -127,7 +128,8 @@ class RLTrainer:
         if self.main:
             ledger = Ledger(s)
             consumer = streams.Consumer(s, streams.SCORED, GROUP, name, ScoredGroup,
-                                        cfg.redis.visibility_timeout_s, cfg.redis.block_ms)
+                                        cfg.redis.visibility_timeout_s, cfg.redis.block_ms,
+                                        on_poison=ledger.mark_poisoned)
             self.feeder = Feeder(s, ledger, make_task(cfg.task),
                                  (self.tc.max_staleness + 1) * self.tc.groups_per_step)
             self.admission = Admission(s, ledger, consumer, self.feeder, self.tc)
@@ -177,11 +179,11 @@ class RLTrainer:
             if self.stopped:
                 return None
             blob = msgspec.msgpack.encode(batch.groups) if batch is not None else None
-            offered = batch.offered if batch is not None else 0
-            blob, offered = dist.broadcast((blob, offered))
+            counts = (batch.offered, batch.unscored) if batch is not None else (0, 0)
+            blob, (offered, unscored) = dist.broadcast((blob, counts))
             if not self.main and blob is not None:
                 batch = Batch(groups=msgspec.msgpack.decode(blob, type=list[ScoredGroup]),
-                              offered=offered)
+                              offered=offered, unscored=unscored)
         return self.train_step(batch) if batch is not None else None
 
     @property

@@ -6,6 +6,7 @@ import logging
 import threading
 
 from services.common import streams
+from services.common.ledger import Ledger
 from services.common.logs import event
 from services.common.schemas import RolloutGroup, ScoredGroup
 from services.common.verify_api import VerifyOptions
@@ -27,7 +28,8 @@ class VerifierWorker:
         self.s = s
         self.scorer = scorer
         self.consumer = streams.Consumer(s, streams.ROLLOUTS, GROUP, name, RolloutGroup,
-                                         visibility_timeout_s, block_ms)
+                                         visibility_timeout_s, block_ms,
+                                         on_poison=Ledger(s).mark_poisoned)
         self.stop_event = threading.Event()
         self.groups_done = 0
 

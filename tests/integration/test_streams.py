@@ -123,6 +123,48 @@ def test_undecodable_entry_goes_to_dead_letters_with_reason(s):
     assert s.pending_count(streams.PROMPTS, "g") == 1  # only the good one awaits its ack
 
 
+def test_a_poison_entry_is_dead_lettered_and_accounted_after_max_deliveries(s):
+    """Each restart of a consumer that crashes on an entry re-reads it (a delivery); past the
+    limit it goes to the dead letters and the ledger drops its prompt as poison, while a
+    healthy entry behind it is still served."""
+    from services.common.ledger import Ledger
+
+    limited = streams.Streams(s.r, s.prefix, max_deliveries=3)
+    ledger = Ledger(limited)
+    pipe = limited.transaction()
+    for i in (1, 2):
+        ledger.mark_enqueued(pipe, f"p{i}")
+        limited.publish(streams.PROMPTS, _prompt(i), pipe)
+    pipe.execute()
+    first = streams.Consumer(limited, streams.PROMPTS, "g", "worker-0", Prompt, on_poison=ledger.mark_poisoned)
+    assert [e.msg.prompt_id for e in first.read(1, block_ms=100)] == ["p1"]  # delivery 1, then a crash
+    for delivery in (2, 3):  # restarts re-read it: still under the limit
+        again = streams.Consumer(limited, streams.PROMPTS, "g", "worker-0", Prompt,
+                                 on_poison=ledger.mark_poisoned)
+        assert [e.msg.prompt_id for e in again.read(1, block_ms=100)] == ["p1"], delivery
+    last = streams.Consumer(limited, streams.PROMPTS, "g", "worker-0", Prompt, on_poison=ledger.mark_poisoned)
+    # the 4th delivery is poison: p1 is dead-lettered and the read goes on to the next entry
+    assert [e.msg.prompt_id for e in last.read(1, block_ms=100)] == ["p2"]
+    dead = limited.dead_letters()
+    assert len(dead) == 1 and "poison: delivered 4 times" in dead[0]["reason"]
+    assert ledger.status("p1") == "dropped:poison" and ledger.counts()["dropped:poison"] == 1
+    assert limited.pending_count(streams.PROMPTS, "g") == 1  # p2, read and not yet acknowledged
+    assert ledger.in_flight() == 1
+
+
+def test_a_poison_entry_claimed_by_peers_is_dead_lettered_too(s):
+    limited = streams.Streams(s.r, s.prefix, max_deliveries=2)
+    limited.publish(streams.PROMPTS, _prompt(5))
+    reads = []
+    for name in ("a", "b", "c", "d"):  # each claims it once idle, then dies
+        c = streams.Consumer(limited, streams.PROMPTS, "g", name, Prompt, visibility_timeout_s=0.2)
+        time.sleep(0.3)
+        reads.append(len(c.read(1, block_ms=50)))
+    assert reads == [1, 1, 0, 0]
+    assert "poison: delivered 3 times" in limited.dead_letters()[0]["reason"]
+    assert limited.pending_count(streams.PROMPTS, "g") == 0
+
+
 def test_keys_share_one_hash_tag(s):
     keys = {s.key(n) for n in (streams.PROMPTS, streams.ROLLOUTS, streams.SCORED, streams.DEAD)}
     assert all(k.startswith("{" + s.prefix + "}:") for k in keys)

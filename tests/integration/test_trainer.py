@@ -131,6 +131,35 @@ def test_drops_are_recorded_with_reasons_and_duplicates_skipped(s, trainer_setup
     assert audit["prompts"] == ledger.counts()["enqueued"]
 
 
+def test_a_failed_check_leaves_out_its_sample_not_the_group(s, trainer_setup, scorer):
+    """One sample's verifier timeout: the group trains on the other three; a group with fewer
+    than trainer.min_scored_samples scored samples left is dropped as verifier_error."""
+    import msgspec
+
+    cfg, trainer, tok, model = trainer_setup
+    ledger = Ledger(s)
+    trainer.feeder.top_up(0)
+    p = take_prompts(s, 3)
+
+    def with_timeouts(g, n):
+        timeout = msgspec.structs.replace(g.verdicts[0], status="timeout", reward=0.0, correct=False)
+        return ScoredGroup(rollout=g.rollout, verdicts=[timeout] * n + list(g.verdicts[n:]))
+
+    # K=4: samples 0,1 correct, 2,3 wrong; the timed-out sample 0 leaves 1 right + 2 wrong
+    s.publish(streams.SCORED, with_timeouts(scored_group(p[0], tok, model, scorer), 1))
+    s.publish(streams.SCORED, with_timeouts(scored_group(p[1], tok, model, scorer), 3))  # 1 left
+    s.publish(streams.SCORED, scored_group(p[2], tok, model, scorer))
+    record = None
+    for _ in range(20):
+        record = trainer.run_once()
+        if record:
+            break
+    assert ledger.status(p[1].prompt_id) == "dropped:verifier_error"
+    assert record is not None and record["unscored_samples"] == 1
+    assert record["kept_fraction"] == pytest.approx(7 / 8)  # 3 + 4 trained of 4 + 4 generated
+    assert ledger.status(p[0].prompt_id).startswith("trained")
+
+
 def test_groups_scored_while_a_step_computes_fill_the_next_batch(s, trainer_setup, scorer):
     cfg, trainer, tok, model = trainer_setup
     ledger = Ledger(s)
