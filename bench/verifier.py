@@ -6,7 +6,9 @@
    some expressions, sets, intervals and radicals; about half of the answers are wrong.
 2. HTTP: ``t1 verifier`` as its own process on loopback, hit by an async client with several
    requests in flight; items/s and per-request p50/p99 latency.
-3. Python task: the same checks (small programs, 4 tests each, a third of them wrong) under
+3. Hostile mix: CALLERS callers, first benign batches alone, then with a share of batches
+   carrying answers that cost a parser its whole timeout: benign p99 in both.
+4. Python task: the same checks (small programs, 4 tests each, a third of them wrong) under
    bubblewrap and as a bare limited process (the ``process`` backend), one at a time, in one run:
    what the namespaces cost per check.
 """
@@ -102,6 +104,44 @@ async def http_load(url: str, data) -> tuple[float, list[float], int]:
     return wall, latencies, errors
 
 
+# Answers the screen lets through that still cost a parser its whole timeout (measured
+# 2026-12-01: each ran into the 5 s kill), and one it now catches ((10^8)!).
+HOSTILE = ["\\sum_{k=1}^{9999} k^{k}", "9^{9^{9}}", "(x+1)^{9999}", "\\prod_{k=1}^{9999} (x+k)", "(10^8)!"]
+CALLERS, QUIET_S, MIXED_S, HOSTILE_SHARE = 8, 20.0, 40.0, 0.25
+
+
+async def mixed_load(url: str, data, seconds: float, hostile_share: float, seed: int):
+    """CALLERS callers for ``seconds``, each sending batches of HTTP_BATCH back to back; a
+    ``hostile_share`` of the batches carry two hostile answers. Latency per batch, by kind."""
+    import httpx
+
+    rng = random.Random(seed)
+    out: dict[str, list[float]] = {"benign": [], "hostile": []}
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=120) as client:
+        async def caller() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                batch = [rng.choice(data) for _ in range(HTTP_BATCH)]
+                kind = "hostile" if rng.random() < hostile_share else "benign"
+                if kind == "hostile":
+                    for j in rng.sample(range(HTTP_BATCH), 2):
+                        batch[j] = (f"so \\boxed{{{rng.choice(HOSTILE)}}}", "2")
+                t0 = time.perf_counter()
+                resp = await client.post(f"{url}/v1/verify",
+                                         json={"items": [{"response": r, "gold": g} for r, g in batch]})
+                out[kind].append(time.perf_counter() - t0)
+                errors += resp.status_code != 200
+        await asyncio.gather(*(caller() for _ in range(CALLERS)))
+    return out, errors
+
+
+def p99(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(0.99 * len(xs)))] if xs else float("nan")
+
+
 PY_CHECKS = 60
 
 
@@ -156,6 +196,8 @@ def main() -> None:
             raise SystemExit("verifier did not become healthy")
         asyncio.run(http_load(url, data[:64]))  # warm-up
         wall, lat, errors = asyncio.run(http_load(url, data))
+        quiet, quiet_errors = asyncio.run(mixed_load(url, items(N_ITEMS, seed=1), QUIET_S, 0.0, seed=1))
+        mixed, mixed_errors = asyncio.run(mixed_load(url, items(N_ITEMS, seed=2), MIXED_S, HOSTILE_SHARE, seed=2))
     finally:
         proc.terminate()
         proc.wait(15)
@@ -166,6 +208,13 @@ def main() -> None:
     print(f"http: {HTTP_REQUESTS} requests x {HTTP_BATCH} items, {HTTP_CONCURRENCY} in flight: "
           f"{items_per_s:.0f} items/s, {HTTP_REQUESTS / wall:.0f} req/s, p50 {p50:.1f} ms, "
           f"p99 {p99:.1f} ms, errors {errors}")
+    n_mixed = len(mixed["benign"]) + len(mixed["hostile"])
+    print(f"hostile mix: {CALLERS} callers x {HTTP_BATCH}-item batches; alone {QUIET_S:.0f} s: "
+          f"{len(quiet['benign']) / QUIET_S:.1f} req/s, benign p99 {p99(quiet['benign']) * 1000:.0f} ms; "
+          f"with {HOSTILE_SHARE:.0%} of batches carrying 2 hostile answers, {MIXED_S:.0f} s: "
+          f"{n_mixed / MIXED_S:.1f} req/s, benign p50 {statistics.median(mixed['benign']) * 1000:.0f} ms "
+          f"p99 {p99(mixed['benign']) * 1000:.0f} ms, hostile p99 {p99(mixed['hostile']) * 1000:.0f} ms, "
+          f"errors {quiet_errors + mixed_errors}")
     iso_s, bare_s, passed = python_task(python_checks(PY_CHECKS))
     print(f"python: {PY_CHECKS} checks x 4 tests ({passed} passed either way), one at a time: "
           f"bubblewrap {PY_CHECKS / iso_s:.1f} checks/s ({iso_s / PY_CHECKS * 1000:.0f} ms each), "
@@ -176,6 +225,8 @@ def main() -> None:
     print(f"RESULT verifier_agreement_with_math_verify {agree:.4f} fraction vs math-verify")
     print(f"RESULT verifier_http_items_per_s_vs_math_verify {items_per_s / (N_ITEMS / peer_s):.2f} x vs math-verify")
     print(f"RESULT verifier_python_isolated_vs_bare {bare_s / iso_s:.2f} x vs no-isolation")
+    print(f"RESULT verifier_benign_p99_under_hostile_load {p99(mixed['benign']):.2f} s vs goal-1s")
+    print(f"RESULT verifier_benign_p99_hostile_vs_alone {p99(mixed['benign']) / p99(quiet['benign']):.2f} x vs benign-alone")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,10 @@ class VerifierConfig(Section):
     port: int = 8102
     cpus: str = ""  # cores its processes run on: "" (all), "0,2-3", "first-half", "second-half"
     workers: int = 2  # sandbox processes
+    # more sandbox processes for answers that look expensive (sums, factorials, towers, big
+    # exponents) and for python checks, so they never queue in front of ordinary answers
+    # (0: one lane for all)
+    slow_lane_workers: int = Field(1, ge=0)
     timeout_s: float = 5.0  # hard wall-clock kill per check
     memory_mb: int = 1024  # address-space limit of a sandbox process
     max_batch: int = 256

@@ -51,7 +51,7 @@ def serve(cfg: T1Config, name: str | None = None) -> None:
         threading.Thread(target=worker.run, name="queue-worker", daemon=True).start()
     health = (lambda: {"queue_worker": worker is not None,
                        "groups_scored": worker.groups_done if worker else 0,
-                       "sandbox_replaced": scorer.pool.replaced})
+                       "sandbox_replaced": scorer.pool.replaced + (scorer.slow_pool.replaced if scorer.slow_pool else 0)})
     try:
         # uvicorn owns the main thread and its SIGTERM handling; the worker stops after it.
         uvicorn.run(create_app(vc, scorer, health), host=vc.host, port=vc.port, log_level="warning")

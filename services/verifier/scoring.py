@@ -21,7 +21,7 @@ from services.verifier.equivalence import fast_equivalent
 from services.verifier.extract import extract_answer, extract_choice
 from services.verifier.penalties import garbled_share, is_repetitive
 from services.verifier.sandbox import SandboxPool
-from services.verifier.screening import screen_answer
+from services.verifier.screening import expensive_looking, screen_answer
 
 _DEFAULT_OPTIONS = VerifyOptions()
 
@@ -30,6 +30,11 @@ class Scorer:
     def __init__(self, cfg: VerifierConfig, pool: SandboxPool | None = None) -> None:
         self.cfg = cfg
         self.pool = pool or SandboxPool(cfg.workers, cfg.timeout_s, cfg.memory_mb)
+        # Answers that look expensive (sums, factorials, towers, ...) and python checks run in a
+        # lane of their own, so a slow check never holds up an ordinary answer's.
+        self.slow_pool = (SandboxPool(cfg.slow_lane_workers, cfg.timeout_s, cfg.memory_mb)
+                          if cfg.slow_lane_workers else None)
+        self._slow_threads = ThreadPoolExecutor(max(1, cfg.slow_lane_workers), thread_name_prefix="score-slow")
         self.code = CodeSandbox(cfg.code_timeout_s, cfg.code_memory_mb, cfg.code_isolation,
                                 cfg.code_python)
         self.scripts = tuple(cfg.allowed_scripts)
@@ -44,10 +49,25 @@ class Scorer:
         self._cache_size = 8192
 
     def score_batch(self, items: list[tuple[str, str, str, VerifyOptions]]) -> list[Verdict]:
-        """Score many items, running up to one check per sandbox worker at a time; input order."""
-        if len(items) < 2 or self.pool.size < 2:
-            return [self.score(*item) for item in items]
-        return list(self._threads.map(lambda item: self.score(*item), items))
+        """Score many items, input order. Whatever needs no sandbox (the fast path, a screened or
+        missing answer, a cached verdict, a choice letter) is answered here at once, so cheap
+        items never wait behind a slow check; the rest run up to one per sandbox worker."""
+        quick = [self.score(*item, sandbox=False) for item in items]
+        pending = [i for i, v in enumerate(quick) if v is None]
+        if len(pending) == 1:
+            quick[pending[0]] = self.score(*items[pending[0]])
+            return quick
+        futures = {i: (self._slow_threads if self._slow_lane(*items[i]) else self._threads)
+                   .submit(self.score, *items[i]) for i in pending}
+        for i, f in futures.items():
+            quick[i] = f.result()
+        return quick
+
+    def _slow_lane(self, response: str, gold: str, task: str, options: VerifyOptions) -> bool:
+        if task == "python":
+            return True
+        extracted = extract_answer(response, options.strict)
+        return self.slow_pool is not None and extracted is not None and expensive_looking(extracted)
 
     def penalties(self, response: str, finish_reason: str) -> dict[str, float]:
         c = self.cfg
@@ -60,10 +80,18 @@ class Scorer:
         }
 
     def score(self, response: str, gold: str, task: str = "math",
-              options: VerifyOptions = _DEFAULT_OPTIONS) -> Verdict:
+              options: VerifyOptions = _DEFAULT_OPTIONS, sandbox: bool = True) -> Verdict | None:
+        """The verdict; with ``sandbox=False``, None where it would need a sandbox."""
         t0 = time.perf_counter()
-        penalties = self.penalties(response, options.finish_reason)
         truncated = options.finish_reason == "length"
+        if task == "python" and not sandbox:
+            return None
+        math_verdict = None
+        if task == "math" and not truncated:
+            math_verdict = self._math(response, gold, options.strict, sandbox)
+            if math_verdict is None:
+                return None
+        penalties = self.penalties(response, options.finish_reason)
         if task == "python":
             status, base, extracted, detail = self._python(response, options)
         elif truncated:  # an unfinished response has no final answer, even if it shows a box
@@ -72,7 +100,7 @@ class Scorer:
             extracted = extract_choice(response, options.choices, options.strict)
             status, base, detail = "ok", float(extracted is not None and extracted == gold.strip().upper()), None
         else:
-            status, base, extracted, detail = self._math(response, gold, options.strict)
+            status, base, extracted, detail = math_verdict
         correct = status == "ok" and base == 1.0 and not truncated
         penalized = any(penalties.values())
         reward = self.cfg.penalty_reward if penalized else (base if status == "ok" else 0.0)
@@ -81,7 +109,9 @@ class Scorer:
                        status=status, components=components, detail=detail,
                        latency_ms=(time.perf_counter() - t0) * 1000)
 
-    def _math(self, response: str, gold: str, strict: bool):
+    def _math(self, response: str, gold: str, strict: bool, sandbox: bool = True):
+        """(status, base reward, extracted, detail); None when it needs the sandbox and
+        ``sandbox`` is off."""
         extracted = extract_answer(response, strict)
         if extracted is None:
             return "ok", 0.0, None, "no final answer found"
@@ -98,8 +128,11 @@ class Scorer:
                 self._cache.move_to_end(key)
                 self.cache_hits += 1
                 return "ok", hit[0], extracted, hit[1]
+        if not sandbox:
+            return None
         self.sandbox_calls += 1
-        res = self.pool.run("sympy_equivalent", extracted, gold)
+        lane = self.slow_pool if self.slow_pool is not None and expensive_looking(extracted) else self.pool
+        res = lane.run("sympy_equivalent", extracted, gold)
         if res.status == "ok":
             verdict = (float(bool(res.value)), None)
         elif res.status == "error" and not (res.error or "").startswith("sandbox worker died"):
@@ -119,4 +152,7 @@ class Scorer:
 
     def close(self) -> None:
         self._threads.shutdown(wait=False)
+        self._slow_threads.shutdown(wait=False)
         self.pool.close()
+        if self.slow_pool is not None:
+            self.slow_pool.close()

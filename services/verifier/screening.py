@@ -7,6 +7,8 @@ are absurd on their face. A rejected answer is a verdict (wrong), with the reaso
 
 from __future__ import annotations
 
+import ast
+import math
 import re
 
 _OPEN, _CLOSE = "{([", "})]"
@@ -14,6 +16,103 @@ _BIG_FACTORIAL = re.compile(r"(\d{4,})\s*!|\\?\(\s*(\d{4,})\s*\\?\)\s*!")
 _BIG_BINOM = re.compile(r"\\[dt]?binom\{\s*(\d{6,})")
 _HUGE_LITERAL = re.compile(r"\d{301,}")
 _BIG_EXPONENT = re.compile(r"\^\s*\{?\s*(\d{5,})")
+
+
+_MAX_FACTORIAL = 1000
+_MAX_TERMS = 10_000
+_BIG_SUM = re.compile(r"\\(?:sum|prod)\s*_\s*(?:\{[^{}]*\}|\S)\s*\^\s*")
+
+
+def _group_before(text: str, end: int) -> str | None:
+    """The operand that ends just before ``end``: a digit run, or a bracketed group
+    (``(...)``, ``{...}``, ``[...]``, ``\\left(...\\right)``)."""
+    i = end - 1
+    while i >= 0 and text[i] == " ":
+        i -= 1
+    if i < 0:
+        return None
+    if text[i].isdigit():
+        j = i
+        while j >= 0 and (text[j].isdigit() or text[j] == "."):
+            j -= 1
+        return text[j + 1:i + 1]
+    if text[i] in _CLOSE:
+        depth, j = 0, i
+        while j >= 0:
+            if text[j] in _CLOSE:
+                depth += 1
+            elif text[j] in _OPEN:
+                depth -= 1
+                if depth == 0:
+                    return text[j:i + 1]
+            j -= 1
+    return None
+
+
+def _group_after(text: str, start: int) -> str | None:
+    """The operand that starts at ``start``: ``{...}`` or a single character."""
+    if start >= len(text):
+        return None
+    if text[start] != "{":
+        return text[start]
+    depth = 0
+    for j in range(start, len(text)):
+        depth += text[j] == "{"
+        depth -= text[j] == "}"
+        if depth == 0:
+            return text[start:j + 1]
+    return None
+
+
+def numeric_magnitude(latex: str) -> float | None:
+    """log10 of |value| of a purely numeric LaTeX expression (digits, + - * / ^, brackets),
+    computed on magnitudes only, so ``10^{10^{8}}`` costs nothing; None when it is not purely
+    numeric (a symbol, a function) and so not ours to judge."""
+    s = latex.replace("\\left", "").replace("\\right", "").replace("\\cdot", "*").replace("\\times", "*")
+    s = s.replace("{", "(").replace("}", ")").replace("[", "(").replace("]", ")").replace("^", "**")
+    if not s.strip() or re.search(r"[^0-9.+\-*/() ]", s):
+        return None
+    try:
+        tree = ast.parse(s, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+    def mag(node) -> float:  # log10 magnitude, an upper bound
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return math.log10(max(abs(node.value), 1))
+        if isinstance(node, ast.UnaryOp):
+            return mag(node.operand)
+        if isinstance(node, ast.BinOp):
+            a, b = mag(node.left), mag(node.right)
+            if isinstance(node.op, ast.Pow):
+                return math.inf if b > 15 else a * 10 ** b
+            if isinstance(node.op, ast.Mult):
+                return a + b
+            if isinstance(node.op, ast.Div):
+                return a
+            return max(a, b) + 0.31  # + or -: at most twice the larger
+        raise ValueError("not numeric")
+
+    try:
+        return mag(tree.body)
+    except (ValueError, OverflowError, RecursionError):
+        return None
+
+
+def oversized_operation(answer: str) -> str | None:
+    """A factorial of a number over 1000 (``(10^8)!``) or a sum/product of over 10000 terms
+    (``\\sum_{k=1}^{10^8}``), however the number is written: parsers expand these in full."""
+    for m in re.finditer(r"!(?!=)", answer):
+        operand = _group_before(answer, m.start())
+        size = numeric_magnitude(operand) if operand else None
+        if size is not None and size > math.log10(_MAX_FACTORIAL):
+            return f"factorial of a number over {_MAX_FACTORIAL}"
+    for m in _BIG_SUM.finditer(answer):
+        bound = _group_after(answer, m.end())
+        size = numeric_magnitude(bound) if bound else None
+        if size is not None and size > math.log10(_MAX_TERMS):
+            return f"sum or product of more than {_MAX_TERMS} terms"
+    return None
 
 
 def nesting_depth(text: str) -> int:
@@ -68,4 +167,25 @@ def screen_answer(answer: str, max_chars: int, max_nesting: int, max_tower: int 
         return "factorial of a 4+ digit number"
     if _BIG_BINOM.search(answer):
         return "binomial of a 6+ digit number"
-    return None
+    return oversized_operation(answer)
+
+
+_COSTLY = re.compile(r"\\(?:sum|prod|int|iint|oint|lim)(?![a-zA-Z])|!(?!=)|\\binom|\\frac\s*\{\s*d")
+_EXPONENT = re.compile(r"\^\s*")
+
+
+def expensive_looking(answer: str) -> bool:
+    """Whether an answer that passed the screen may still cost a parser seconds: sums,
+    products, integrals, limits, factorials, derivatives, towers, exponents of 1000 or more,
+    long answers. Such answers get their own sandbox lane, so that they queue behind each
+    other and not in front of ordinary answers. A heuristic on cost, not a verdict."""
+    if len(answer) > 300 or _COSTLY.search(answer) or power_tower_height(answer) >= 3:
+        return True
+    for m in _EXPONENT.finditer(answer):
+        exponent = _group_after(answer, m.end())
+        size = numeric_magnitude(exponent) if exponent else None
+        if size is None and exponent and exponent.startswith("{"):
+            continue  # symbolic exponent, e.g. x^{n}
+        if size is not None and size >= 3:
+            return True
+    return False

@@ -103,3 +103,19 @@ def test_python_task_hang_is_a_timeout(scorer):
     v = scorer.score("```python\nwhile True: pass\n```", "", task="python",
                      options=VerifyOptions(tests=["assert f() == 1"]))
     assert v.status == "timeout" and v.reward == 0.0 and "isolation=bubblewrap" in v.detail
+
+
+def test_cheap_answers_are_answered_without_the_sandbox_and_costly_ones_in_their_own_lane(scorer):
+    """A batch mixing fast-path answers, an ordinary symbolic one and an expensive-looking one:
+    the fast ones never reach a sandbox, the symbolic one goes to the main pool and the costly
+    one to the slow lane, and every verdict is still right."""
+    items = [(f"so \\boxed{{{n}}}", str(n), "math", VerifyOptions()) for n in range(6)]
+    items.append(("so \\boxed{2x+3}", "3+2x", "math", VerifyOptions()))
+    items.append(("so \\boxed{\\sum_{k=1}^{3} k}", "6", "math", VerifyOptions()))
+    calls, main_before, slow_before = scorer.sandbox_calls, scorer.pool.size, scorer.slow_pool.size
+    lanes = [scorer._slow_lane(*item) for item in items]
+    assert lanes == [False] * 7 + [True]
+    verdicts = scorer.score_batch(items)
+    assert [v.correct for v in verdicts] == [True] * 8
+    assert scorer.sandbox_calls - calls == 2  # the symbolic and the costly one only
+    assert (scorer.pool.size, scorer.slow_pool.size) == (main_before, slow_before) == (2, 1)

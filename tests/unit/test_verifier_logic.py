@@ -91,6 +91,11 @@ def test_nesting_and_towers():
     ("\\frac{1}{2}", False), ("x^{2}+1", False), ("9^{9^{9^{9}}}", True), ("{" * 13 + "}" * 13, True),
     ("9" * 400, True), ("2^{100000}", True), ("10000!", True), ("(12345)!", True),
     ("\\binom{1000000}{3}", True), ("5!", False), ("x" * 3000, True),
+    # sizes written as expressions: parsers expand them in full
+    ("(10^8)!", True), ("(10^{8})!", True), ("\\left(2^{20}\\right)!", True), ("{10^{10^{10}}}!", True),
+    ("\\sum_{k=1}^{10^{8}} k^k", True), ("\\prod_{k=1}^{20000} k", True), ("\\sum_k^{10^9} k", True),
+    ("(n+1)!", False), ("\\sum_{k=1}^{n} k", False), ("\\sum_{k=1}^{100} k^2", False),
+    ("\\frac{10!}{3!}", False), ("x != 3", False), ("1000!", True),
 ])
 def test_screen_answer(answer, rejected):
     assert (screen_answer(answer, max_chars=2000, max_nesting=12) is not None) == rejected
@@ -109,3 +114,15 @@ def test_garbled_share():
     assert garbled_share("α β γ", ("LATIN",)) == pytest.approx(3 / 5)
     assert garbled_share("α β γ", ("LATIN", "GREEK")) == 0
     assert garbled_share("x ≤ y ∑", ("LATIN",)) == 0  # math symbols are always fine
+
+
+@pytest.mark.parametrize("answer,costly", [
+    ("\\sum_{k=1}^{9999} k^{k}", True), ("9^{9^{9}}", True), ("(x+1)^{9999}", True), ("2^{1000}", True),
+    ("\\int_0^1 x dx", True), ("5!", True), ("\\frac{d}{dx} x^2", True), ("x" * 301, True),
+    ("x^{2}+1", False), ("\\frac{1}{2}", False), ("2^{10}", False), ("\\sqrt{2}", False),
+    ("e^{i\\pi}", False), ("\\{1,2\\}", False), ("x^{n}", False), ("\\sin x", False),
+])
+def test_expensive_looking_answers_get_the_slow_lane(answer, costly):
+    from services.verifier.screening import expensive_looking
+
+    assert expensive_looking(answer) == costly
