@@ -6,8 +6,8 @@
    some expressions, sets, intervals and radicals; about half of the answers are wrong.
 2. HTTP: ``t1 verifier`` as its own process on loopback, hit by an async client with several
    requests in flight; items/s and per-request p50/p99 latency.
-3. Hostile mix: CALLERS callers, first benign batches alone, then with a share of batches
-   carrying answers that cost a parser its whole timeout: benign p99 in both.
+3. Hostile mix: CALLERS callers, first all benign, then with HOSTILE_CALLERS of them sending
+   answers that cost a parser its whole timeout in every batch: the benign callers' p99 in both.
 4. Python task: the same checks (small programs, 4 tests each, a third of them wrong) under
    bubblewrap and as a bare limited process (the ``process`` backend), one at a time, in one run:
    what the namespaces cost per check.
@@ -107,25 +107,26 @@ async def http_load(url: str, data) -> tuple[float, list[float], int]:
 # Answers the screen lets through that still cost a parser its whole timeout (measured
 # 2026-12-01: each ran into the 5 s kill), and one it now catches ((10^8)!).
 HOSTILE = ["\\sum_{k=1}^{9999} k^{k}", "9^{9^{9}}", "(x+1)^{9999}", "\\prod_{k=1}^{9999} (x+k)", "(10^8)!"]
-CALLERS, QUIET_S, MIXED_S, HOSTILE_SHARE = 8, 20.0, 40.0, 0.25
+CALLERS, HOSTILE_CALLERS, QUIET_S, MIXED_S = 8, 2, 20.0, 40.0
 
 
-async def mixed_load(url: str, data, seconds: float, hostile_share: float, seed: int):
-    """CALLERS callers for ``seconds``, each sending batches of HTTP_BATCH back to back; a
-    ``hostile_share`` of the batches carry two hostile answers. Latency per batch, by kind."""
+async def mixed_load(url: str, data, seconds: float, hostile_callers: int, seed: int):
+    """CALLERS callers for ``seconds``, each sending batches of HTTP_BATCH back to back; the
+    first ``hostile_callers`` put two hostile answers in every batch. Latency per batch, by
+    kind (a caller waits for its answer before it sends again, as a client would)."""
     import httpx
 
     rng = random.Random(seed)
     out: dict[str, list[float]] = {"benign": [], "hostile": []}
     errors = 0
     deadline = time.perf_counter() + seconds
-    async with httpx.AsyncClient(timeout=120) as client:
-        async def caller() -> None:
+    async with httpx.AsyncClient(timeout=300) as client:
+        async def caller(hostile: bool) -> None:
             nonlocal errors
             while time.perf_counter() < deadline:
                 batch = [rng.choice(data) for _ in range(HTTP_BATCH)]
-                kind = "hostile" if rng.random() < hostile_share else "benign"
-                if kind == "hostile":
+                kind = "hostile" if hostile else "benign"
+                if hostile:
                     for j in rng.sample(range(HTTP_BATCH), 2):
                         batch[j] = (f"so \\boxed{{{rng.choice(HOSTILE)}}}", "2")
                 t0 = time.perf_counter()
@@ -133,7 +134,7 @@ async def mixed_load(url: str, data, seconds: float, hostile_share: float, seed:
                                          json={"items": [{"response": r, "gold": g} for r, g in batch]})
                 out[kind].append(time.perf_counter() - t0)
                 errors += resp.status_code != 200
-        await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        await asyncio.gather(*(caller(i < hostile_callers) for i in range(CALLERS)))
     return out, errors
 
 
@@ -196,8 +197,9 @@ def main() -> None:
             raise SystemExit("verifier did not become healthy")
         asyncio.run(http_load(url, data[:64]))  # warm-up
         wall, lat, errors = asyncio.run(http_load(url, data))
-        quiet, quiet_errors = asyncio.run(mixed_load(url, items(N_ITEMS, seed=1), QUIET_S, 0.0, seed=1))
-        mixed, mixed_errors = asyncio.run(mixed_load(url, items(N_ITEMS, seed=2), MIXED_S, HOSTILE_SHARE, seed=2))
+        quiet, quiet_errors = asyncio.run(mixed_load(url, items(N_ITEMS, seed=1), QUIET_S, 0, seed=1))
+        mixed, mixed_errors = asyncio.run(mixed_load(url, items(N_ITEMS, seed=2), MIXED_S, HOSTILE_CALLERS,
+                                                     seed=2))
     finally:
         proc.terminate()
         proc.wait(15)
@@ -208,13 +210,12 @@ def main() -> None:
     print(f"http: {HTTP_REQUESTS} requests x {HTTP_BATCH} items, {HTTP_CONCURRENCY} in flight: "
           f"{items_per_s:.0f} items/s, {HTTP_REQUESTS / wall:.0f} req/s, p50 {p50:.1f} ms, "
           f"p99 {p99:.1f} ms, errors {errors}")
-    n_mixed = len(mixed["benign"]) + len(mixed["hostile"])
-    print(f"hostile mix: {CALLERS} callers x {HTTP_BATCH}-item batches; alone {QUIET_S:.0f} s: "
+    print(f"hostile mix: {CALLERS} callers x {HTTP_BATCH}-item batches; all benign, {QUIET_S:.0f} s: "
           f"{len(quiet['benign']) / QUIET_S:.1f} req/s, benign p99 {pct99(quiet['benign']) * 1000:.0f} ms; "
-          f"with {HOSTILE_SHARE:.0%} of batches carrying 2 hostile answers, {MIXED_S:.0f} s: "
-          f"{n_mixed / MIXED_S:.1f} req/s, benign p50 {statistics.median(mixed['benign']) * 1000:.0f} ms "
-          f"p99 {pct99(mixed['benign']) * 1000:.0f} ms, hostile p99 {pct99(mixed['hostile']) * 1000:.0f} ms, "
-          f"errors {quiet_errors + mixed_errors}")
+          f"{HOSTILE_CALLERS} of them putting 2 hostile answers in every batch, {MIXED_S:.0f} s: benign "
+          f"{len(mixed['benign']) / MIXED_S:.1f} req/s, p50 {statistics.median(mixed['benign']) * 1000:.0f} ms "
+          f"p99 {pct99(mixed['benign']) * 1000:.0f} ms; hostile {len(mixed['hostile'])} requests, p99 "
+          f"{pct99(mixed['hostile']) * 1000:.0f} ms; errors {quiet_errors + mixed_errors}")
     iso_s, bare_s, passed = python_task(python_checks(PY_CHECKS))
     print(f"python: {PY_CHECKS} checks x 4 tests ({passed} passed either way), one at a time: "
           f"bubblewrap {PY_CHECKS / iso_s:.1f} checks/s ({iso_s / PY_CHECKS * 1000:.0f} ms each), "
