@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 
 from services.common.config import VerifierConfig
 from services.common.schemas import Verdict
@@ -20,6 +19,7 @@ from services.verifier.code_sandbox import CodeSandbox, extract_code
 from services.verifier.equivalence import fast_equivalent
 from services.verifier.extract import extract_answer, extract_choice
 from services.verifier.penalties import garbled_share, is_repetitive
+from services.verifier.round_robin import RoundRobinPool
 from services.verifier.sandbox import SandboxPool
 from services.verifier.screening import expensive_looking, screen_answer
 
@@ -34,11 +34,12 @@ class Scorer:
         # lane of their own, so a slow check never holds up an ordinary answer's.
         self.slow_pool = (SandboxPool(cfg.slow_lane_workers, cfg.timeout_s, cfg.memory_mb)
                           if cfg.slow_lane_workers else None)
-        self._slow_threads = ThreadPoolExecutor(max(1, cfg.slow_lane_workers), thread_name_prefix="score-slow")
+        # each lane serves its callers' batches in turn: no request can starve another's
+        self._slow_threads = RoundRobinPool(max(1, cfg.slow_lane_workers), "score-slow")
         self.code = CodeSandbox(cfg.code_timeout_s, cfg.code_memory_mb, cfg.code_isolation,
                                 cfg.code_python)
         self.scripts = tuple(cfg.allowed_scripts)
-        self._threads = ThreadPoolExecutor(max(1, self.pool.size), thread_name_prefix="score")
+        self._threads = RoundRobinPool(max(1, self.pool.size), "score")
         self.fast_path_hits = 0
         self.sandbox_calls = 0
         self.cache_hits = 0
@@ -57,9 +58,12 @@ class Scorer:
         if len(pending) == 1:
             quick[pending[0]] = self.score(*items[pending[0]])
             return quick
-        futures = {i: (self._slow_threads if self._slow_lane(*items[i]) else self._threads)
-                   .submit(self.score, *items[i]) for i in pending}
-        for i, f in futures.items():
+        slow = {i for i in pending if self._slow_lane(*items[i])}
+        main = [i for i in pending if i not in slow]
+        slow = sorted(slow)
+        futures = [*zip(main, self._threads.submit_batch(self.score, [items[i] for i in main])),
+                   *zip(slow, self._slow_threads.submit_batch(self.score, [items[i] for i in slow]))]
+        for i, f in futures:
             quick[i] = f.result()
         return quick
 
@@ -151,8 +155,8 @@ class Scorer:
         return result.status, result.fraction, f"{result.passed}/{result.total} tests", result.detail
 
     def close(self) -> None:
-        self._threads.shutdown(wait=False)
-        self._slow_threads.shutdown(wait=False)
+        self._threads.shutdown()
+        self._slow_threads.shutdown()
         self.pool.close()
         if self.slow_pool is not None:
             self.slow_pool.close()
