@@ -203,6 +203,19 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+    # the peer: the same hostile mix against one sandbox lane for everything (the design before)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "verifier", "--port", str(port),
+                             "--config", "tiny", "--set", "verifier.slow_lane_workers=0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if not wait_healthy(f"http://127.0.0.1:{port}", proc=proc):
+            raise SystemExit("verifier (one lane) did not become healthy")
+        one_lane, one_lane_errors = asyncio.run(mixed_load(f"http://127.0.0.1:{port}", items(N_ITEMS, seed=2),
+                                                           MIXED_S, HOSTILE_CALLERS, seed=2))
+    finally:
+        proc.terminate()
+        proc.wait(60)
     lat_ms = sorted(x * 1000 for x in lat)
     p50 = statistics.median(lat_ms)
     p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))]
@@ -216,6 +229,9 @@ def main() -> None:
           f"{len(mixed['benign']) / MIXED_S:.1f} req/s, p50 {statistics.median(mixed['benign']) * 1000:.0f} ms "
           f"p99 {pct99(mixed['benign']) * 1000:.0f} ms; hostile {len(mixed['hostile'])} requests, p99 "
           f"{pct99(mixed['hostile']) * 1000:.0f} ms; errors {quiet_errors + mixed_errors}")
+    print(f"hostile mix, one sandbox lane for all (verifier.slow_lane_workers=0), {MIXED_S:.0f} s: benign "
+          f"{len(one_lane['benign']) / MIXED_S:.1f} req/s, p99 {pct99(one_lane['benign']) * 1000:.0f} ms; "
+          f"errors {one_lane_errors}")
     iso_s, bare_s, passed = python_task(python_checks(PY_CHECKS))
     print(f"python: {PY_CHECKS} checks x 4 tests ({passed} passed either way), one at a time: "
           f"bubblewrap {PY_CHECKS / iso_s:.1f} checks/s ({iso_s / PY_CHECKS * 1000:.0f} ms each), "
@@ -228,6 +244,7 @@ def main() -> None:
     print(f"RESULT verifier_python_isolated_vs_bare {bare_s / iso_s:.2f} x vs no-isolation")
     print(f"RESULT verifier_benign_p99_under_hostile_load {pct99(mixed['benign']):.2f} s vs goal-1s")
     print(f"RESULT verifier_benign_p99_hostile_vs_alone {pct99(mixed['benign']) / pct99(quiet['benign']):.2f} x vs benign-alone")
+    print(f"RESULT verifier_benign_p99_lanes_vs_one_lane {pct99(mixed['benign']) / pct99(one_lane['benign']):.3f} x vs one-lane")
 
 
 if __name__ == "__main__":
