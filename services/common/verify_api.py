@@ -18,6 +18,14 @@ class VerifyOptions(BaseModel):
         "stop", description="'length' marks a truncated response (penalised, never correct)")
     strict: bool = Field(True, description="math: accept only a \\boxed{} answer (RL setting); "
                                            "false also accepts 'final answer is ...' / 'Answer: ...'")
+    extract: Literal["boxed", "lenient", "answer"] | None = Field(
+        None, description="where the final answer is: 'boxed' (the last \\boxed{}, the RL rule), "
+                          "'lenient' (a box, else a 'final answer is ...' / 'Answer: ...' phrase), "
+                          "'answer' (the whole response is the answer); unset: from 'strict'")
+
+    @property
+    def extraction(self) -> str:
+        return self.extract or ("boxed" if self.strict else "lenient")
     choices: str = Field("ABCDE", min_length=2, max_length=26, pattern="^[A-Z]+$",
                          description="multiple_choice: the option letters")
     tests: list[str] = Field(

@@ -42,10 +42,17 @@ def _strip_math(answer: str) -> str:
     return answer
 
 
-def extract_answer(text: str, strict: bool = True) -> str | None:
-    """The final answer: the last box; when not strict, also 'final answer is ...' phrases."""
+def extract_answer(text: str, mode: str | bool = "boxed") -> str | None:
+    """The final answer. ``boxed`` (the RL rule): the last box. ``lenient``: the last box, else a
+    'final answer is ...' / 'Answer: ...' phrase. ``answer``: the whole response is the answer
+    (outside callers who send only the answer), less surrounding math delimiters. A bool is the
+    older ``strict`` flag: True is boxed, False lenient."""
+    if isinstance(mode, bool):
+        mode = "boxed" if mode else "lenient"
+    if mode == "answer":
+        return _strip_math(text) or None
     boxed = last_boxed(text)
-    if boxed is not None or strict:
+    if boxed is not None or mode == "boxed":
         return boxed
     for pattern in (_ANSWER_LINE, _FINAL_ANSWER):
         matches = pattern.findall(text)
@@ -54,9 +61,9 @@ def extract_answer(text: str, strict: bool = True) -> str | None:
     return None
 
 
-def extract_choice(text: str, choices: str = "ABCDE", strict: bool = True) -> str | None:
-    """A multiple-choice letter: from the last box, else (when not strict) the answer phrase."""
-    candidate = extract_answer(text, strict)
+def extract_choice(text: str, choices: str = "ABCDE", mode: str | bool = "boxed") -> str | None:
+    """A multiple-choice letter from what ``extract_answer`` finds under ``mode``."""
+    candidate = extract_answer(text, mode)
     if candidate is None:
         return None
     letters = re.findall(rf"(?<![A-Za-z])([{choices}{choices.lower()}])(?![A-Za-z])",

@@ -70,7 +70,7 @@ class Scorer:
     def _slow_lane(self, response: str, gold: str, task: str, options: VerifyOptions) -> bool:
         if task == "python":
             return True
-        extracted = extract_answer(response, options.strict)
+        extracted = extract_answer(response, options.extraction)
         return self.slow_pool is not None and extracted is not None and expensive_looking(extracted)
 
     def penalties(self, response: str, finish_reason: str) -> dict[str, float]:
@@ -92,7 +92,7 @@ class Scorer:
             return None
         math_verdict = None
         if task == "math" and not truncated:
-            math_verdict = self._math(response, gold, options.strict, sandbox)
+            math_verdict = self._math(response, gold, options.extraction, sandbox)
             if math_verdict is None:
                 return None
         penalties = self.penalties(response, options.finish_reason)
@@ -101,7 +101,7 @@ class Scorer:
         elif truncated:  # an unfinished response has no final answer, even if it shows a box
             status, base, extracted, detail = "ok", 0.0, None, "truncated"
         elif task == "multiple_choice":
-            extracted = extract_choice(response, options.choices, options.strict)
+            extracted = extract_choice(response, options.choices, options.extraction)
             status, base, detail = "ok", float(extracted is not None and extracted == gold.strip().upper()), None
         else:
             status, base, extracted, detail = math_verdict
@@ -113,10 +113,10 @@ class Scorer:
                        status=status, components=components, detail=detail,
                        latency_ms=(time.perf_counter() - t0) * 1000)
 
-    def _math(self, response: str, gold: str, strict: bool, sandbox: bool = True):
+    def _math(self, response: str, gold: str, extraction: str, sandbox: bool = True):
         """(status, base reward, extracted, detail); None when it needs the sandbox and
         ``sandbox`` is off."""
-        extracted = extract_answer(response, strict)
+        extracted = extract_answer(response, extraction)
         if extracted is None:
             return "ok", 0.0, None, "no final answer found"
         rejected = screen_answer(extracted, self.cfg.max_answer_chars, self.cfg.max_nesting)

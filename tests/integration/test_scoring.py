@@ -59,6 +59,19 @@ def test_lenient_extraction_only_when_not_strict(scorer):
     assert scorer.score(text, "42").correct is False  # RL setting: boxed only
     assert scorer.score(text, "42", options=VerifyOptions(strict=False)).correct is True
     assert scorer.score("Answer: $\\frac{1}{2}$", "0.5", options=VerifyOptions(strict=False)).correct
+    assert scorer.score(text, "42", options=VerifyOptions(extract="lenient")).correct is True
+    assert scorer.score(text, "42", options=VerifyOptions(strict=False, extract="boxed")).correct is False
+
+
+def test_the_whole_response_as_the_answer(scorer):
+    """extract=answer: an outside caller sends only the answer, no box, no prose."""
+    answer = VerifyOptions(extract="answer")
+    assert scorer.score("$\\frac{1}{2}$", "0.5", options=answer).correct is True
+    assert scorer.score(" 1/2 ", "\\frac{1}{2}", options=answer).correct is True
+    assert scorer.score("0.5", "1/2").correct is False  # the default (boxed) finds no answer there
+    v = scorer.score("the answer is 3", "3", options=answer)
+    assert v.correct is False and v.extracted == "the answer is 3"  # the text itself, not a search
+    assert scorer.score("   ", "3", options=answer).detail == "no final answer found"
 
 
 @pytest.mark.parametrize("response,correct", [
