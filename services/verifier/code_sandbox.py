@@ -66,7 +66,8 @@ class CodeSandbox:
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self.level = isolation
-        self.python = python
+        self.python = python  # as configured; resolved on the first check
+        self._interpreter: str | None = None
         self.bubblewrap = BubblewrapIsolation()
 
     def backend(self) -> tuple[Isolation | None, str | None]:
@@ -87,10 +88,10 @@ class CodeSandbox:
         if backend is None:
             return CodeResult("error", total=len(checks), detail=why)
         try:
-            python = sandbox_python(self.python)
+            self._interpreter = self._interpreter or sandbox_python(self.python)
         except RuntimeError as exc:
             return CodeResult("error", total=len(checks), detail=str(exc))
-        result = self._run(backend, python, code, checks)
+        result = self._run(backend, self._interpreter, code, checks)
         result.isolation = backend.name
         note = f"isolation={backend.name}" + (f" ({why})" if why else "")
         result.detail = f"{note}; {result.detail}" if result.detail else note

@@ -58,9 +58,9 @@ class Scorer:
         if len(pending) == 1:
             quick[pending[0]] = self.score(*items[pending[0]])
             return quick
-        slow = {i for i in pending if self._slow_lane(*items[i])}
-        main = [i for i in pending if i not in slow]
-        slow = sorted(slow)
+        in_slow_lane = {i: self._slow_lane(*items[i]) for i in pending}
+        main = [i for i in pending if not in_slow_lane[i]]
+        slow = [i for i in pending if in_slow_lane[i]]
         futures = [*zip(main, self._threads.submit_batch(self.score, [items[i] for i in main])),
                    *zip(slow, self._slow_threads.submit_batch(self.score, [items[i] for i in slow]))]
         for i, f in futures:
@@ -71,7 +71,11 @@ class Scorer:
         if task == "python":
             return True
         extracted = extract_answer(response, options.extraction)
-        return self.slow_pool is not None and extracted is not None and expensive_looking(extracted)
+        return extracted is not None and self._lane(extracted) is self.slow_pool
+
+    def _lane(self, extracted: str) -> SandboxPool:
+        """The sandbox pool that parses ``extracted``: the slow lane's when it looks expensive."""
+        return self.slow_pool if self.slow_pool is not None and expensive_looking(extracted) else self.pool
 
     def penalties(self, response: str, finish_reason: str) -> dict[str, float]:
         c = self.cfg
@@ -135,8 +139,7 @@ class Scorer:
         if not sandbox:
             return None
         self.sandbox_calls += 1
-        lane = self.slow_pool if self.slow_pool is not None and expensive_looking(extracted) else self.pool
-        res = lane.run("sympy_equivalent", extracted, gold)
+        res = self._lane(extracted).run("sympy_equivalent", extracted, gold)
         if res.status == "ok":
             verdict = (float(bool(res.value)), None)
         elif res.status == "error" and not (res.error or "").startswith("sandbox worker died"):
