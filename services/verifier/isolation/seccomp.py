@@ -25,44 +25,38 @@ _EPERM, _ENOSYS = 0x00050000 | 1, 0x00050000 | 38
 _NR, _ARCH, _ARG0 = 0, 4, 16  # offsets in struct seccomp_data (arg0's low 32 bits: little endian)
 _NS_FLAGS = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 
-# per architecture: audit arch, syscalls refused with EPERM, clone, clone3
-_TABLES = {
-    "x86_64": (0xC000003E, {
-        "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161,
-        "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
-        "fspick": 433, "mount_setattr": 442, "ptrace": 101, "process_vm_readv": 310,
-        "process_vm_writev": 311, "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321,
-        "perf_event_open": 298, "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426,
-        "io_uring_register": 427, "init_module": 175, "finit_module": 313, "delete_module": 176,
-        "kexec_load": 246, "kexec_file_load": 320, "reboot": 169, "swapon": 167, "swapoff": 168,
-        "acct": 163, "quotactl": 179, "syslog": 103, "name_to_handle_at": 303,
-        "open_by_handle_at": 304}, 56, 435),
-    "aarch64": (0xC00000B7, {
-        "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51,
-        "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
-        "fspick": 433, "mount_setattr": 442, "ptrace": 117, "process_vm_readv": 270,
-        "process_vm_writev": 271, "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280,
-        "perf_event_open": 241, "userfaultfd": 282, "io_uring_setup": 425, "io_uring_enter": 426,
-        "io_uring_register": 427, "init_module": 105, "finit_module": 273, "delete_module": 106,
-        "kexec_load": 104, "kexec_file_load": 294, "reboot": 142, "swapon": 224, "swapoff": 225,
-        "acct": 89, "quotactl": 60, "syslog": 116, "name_to_handle_at": 264,
-        "open_by_handle_at": 265}, 220, 435),
+# syscalls refused with EPERM: (x86_64 number, aarch64 number)
+_DENIED = {
+    "unshare": (272, 97), "setns": (308, 268), "mount": (165, 40), "umount2": (166, 39),
+    "pivot_root": (155, 41), "chroot": (161, 51), "open_tree": (428, 428),
+    "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432),
+    "fspick": (433, 433), "mount_setattr": (442, 442), "ptrace": (101, 117),
+    "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "keyctl": (250, 219),
+    "add_key": (248, 217), "request_key": (249, 218), "bpf": (321, 280),
+    "perf_event_open": (298, 241), "userfaultfd": (323, 282), "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426), "io_uring_register": (427, 427), "init_module": (175, 105),
+    "finit_module": (313, 273), "delete_module": (176, 106), "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294), "reboot": (169, 142), "swapon": (167, 224),
+    "swapoff": (168, 225), "acct": (163, 89), "quotactl": (179, 60), "syslog": (103, 116),
+    "name_to_handle_at": (303, 264), "open_by_handle_at": (304, 265),
 }
+# per architecture: audit arch, column in _DENIED, clone, clone3
+_ARCHES = {"x86_64": (0xC000003E, 0, 56, 435), "aarch64": (0xC00000B7, 1, 220, 435)}
 
 
 def supported() -> bool:
-    return platform.machine() in _TABLES
+    return platform.machine() in _ARCHES
 
 
 def program(machine: str | None = None) -> bytes:
     """The filter for ``machine`` (default: this one) as bytes of ``struct sock_filter``."""
-    arch, denied, clone, clone3 = _TABLES[machine or platform.machine()]
+    arch, column, clone, clone3 = _ARCHES[machine or platform.machine()]
     # (code, jump-if-true label, jump-if-false label, k); labels resolve to the tail's returns
     body: list[tuple[int, str | None, str | None, int]] = [
         (_LD_ABS, None, None, _ARCH), (_JEQ, None, "kill", arch), (_LD_ABS, None, None, _NR)]
     if arch == 0xC000003E:
         body.append((_JGE, "kill", None, 0x40000000))  # the x32 ABI's numbers
-    body += [(_JEQ, "eperm", None, nr) for nr in sorted(denied.values())]
+    body += [(_JEQ, "eperm", None, nr) for nr in sorted(nrs[column] for nrs in _DENIED.values())]
     body += [(_JEQ, "enosys", None, clone3), (_JEQ, None, "allow", clone),
              (_LD_ABS, None, None, _ARG0), (_JSET, "eperm", "allow", _NS_FLAGS)]
     tail = {"allow": _ALLOW, "eperm": _EPERM, "enosys": _ENOSYS, "kill": _KILL_PROCESS}
