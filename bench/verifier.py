@@ -8,7 +8,12 @@
    requests in flight; items/s and per-request p50/p99 latency.
 3. Hostile mix: CALLERS callers, first all benign, then with HOSTILE_CALLERS of them sending
    answers that cost a parser its whole timeout in every batch: the benign callers' p99 in both.
-4. Python task: the same checks (small programs, 4 tests each, a third of them wrong) under
+4. Accuracy: agreement with the labelled sets in bench/data (one written with the grading rules,
+   one written apart from the code), ours (lenient extraction) against math-verify's defaults
+   on the same pairs.
+5. Hostile extraction: responses of 190k characters shaped against the extractor's scans,
+   timed against one regex pass over the same text.
+6. Python task: the same checks (small programs, 4 tests each, a third of them wrong) under
    bubblewrap and as a bare limited process (the ``process`` backend), one at a time, in one run:
    what the namespaces cost per check.
 """
@@ -177,6 +182,54 @@ def python_task(checks) -> tuple[float, float, int]:
     return min(times["isolated"], times["isolated2"]), min(times["bare"], times["bare2"]), passes["bare"]
 
 
+def accuracy() -> dict[str, tuple[float, float, int]]:
+    """set -> (our agreement, math-verify's, pairs)."""
+    from services.common.config import VerifierConfig
+    from services.verifier.agreement import SETS, by_category, load_cases, math_verify_verdicts, our_verdicts
+    from services.verifier.scoring import Scorer
+
+    scorer = Scorer(VerifierConfig(workers=2))
+    out = {}
+    try:
+        for name, path in SETS.items():
+            cases = load_cases(path)
+            ours = by_category(cases, our_verdicts(scorer, cases))
+            peer = by_category(cases, math_verify_verdicts(cases))
+            rows = ", ".join(f"{cat} {ours[cat][0]}/{n} vs {peer[cat][0]}/{n}"
+                             for cat, (_, n) in sorted(ours.items()) if cat != "all")
+            print(f"accuracy {name}: {rows}")
+            out[name] = (ours["all"][0] / ours["all"][1], peer["all"][0] / peer["all"][1], ours["all"][1])
+    finally:
+        scorer.close()
+    return out
+
+
+HOSTILE_TEXTS = {"open boxes": "\\boxed{" * 27_000, "dollars": "$" * 190_000,
+                 "joined boxes": "\\boxed{1}, " * 17_000, "anchors": "the answer is " * 13_500,
+                 "spaced numbers": "1 000 " * 31_000, "formulas": "$x$ and " * 23_000,
+                 "deep braces": "\\boxed{" + "{" * 190_000 + "}"}
+
+
+def hostile_extraction() -> tuple[str, float, float]:
+    """The slowest shape: (name, seconds for both modes, seconds for one regex pass)."""
+    import re
+
+    from services.verifier.extract import extract_answer
+
+    worst = ("", 0.0, 1.0)
+    for name, text in HOSTILE_TEXTS.items():
+        t0 = time.perf_counter()
+        for mode in ("boxed", "lenient"):
+            extract_answer(text, mode)
+        took = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        re.findall(r"\d", text)
+        one_pass = time.perf_counter() - t0
+        if took / one_pass > worst[1] / worst[2]:
+            worst = (name, took, one_pass)
+    return worst
+
+
 def main() -> None:
     from services.common.http import wait_healthy
     from services.common.net import free_port
@@ -232,6 +285,10 @@ def main() -> None:
     print(f"hostile mix, one sandbox lane for all (verifier.slow_lane_workers=0), {MIXED_S:.0f} s: benign "
           f"{len(one_lane['benign']) / MIXED_S:.1f} req/s, p99 {pct99(one_lane['benign']) * 1000:.0f} ms; "
           f"errors {one_lane_errors}")
+    acc = accuracy()
+    shape, extract_s, pass_s = hostile_extraction()
+    print(f"hostile extraction: slowest shape '{shape}' (190k characters), both modes "
+          f"{extract_s * 1000:.0f} ms; one regex pass over it {pass_s * 1000:.1f} ms")
     iso_s, bare_s, passed = python_task(python_checks(PY_CHECKS))
     print(f"python: {PY_CHECKS} checks x 4 tests ({passed} passed either way), one at a time: "
           f"bubblewrap {PY_CHECKS / iso_s:.1f} checks/s ({iso_s / PY_CHECKS * 1000:.0f} ms each), "
@@ -241,6 +298,10 @@ def main() -> None:
     print(f"RESULT verifier_one_worker_vs_math_verify {peer_s / serial_s:.2f} x vs math-verify")
     print(f"RESULT verifier_agreement_with_math_verify {agree:.4f} fraction vs math-verify")
     print(f"RESULT verifier_http_items_per_s_vs_math_verify {items_per_s / (N_ITEMS / peer_s):.2f} x vs math-verify")
+    for name, (ours, peer, n) in acc.items():
+        print(f"RESULT verifier_{name}_agreement_vs_math_verify {ours / peer:.3f} x vs math-verify "
+              f"({ours:.3f} vs {peer:.3f} on {n} pairs)")
+    print(f"RESULT verifier_hostile_extraction_vs_one_regex_pass {extract_s / pass_s:.1f} x vs one-regex-pass")
     print(f"RESULT verifier_python_isolated_vs_bare {bare_s / iso_s:.2f} x vs no-isolation")
     print(f"RESULT verifier_benign_p99_under_hostile_load {pct99(mixed['benign']):.2f} s vs goal-1s")
     print(f"RESULT verifier_benign_p99_hostile_vs_alone {pct99(mixed['benign']) / pct99(quiet['benign']):.2f} x vs benign-alone")

@@ -19,9 +19,11 @@ class VerifyOptions(BaseModel):
     strict: bool = Field(True, description="math: accept only a \\boxed{} answer (RL setting); "
                                            "false also accepts 'final answer is ...' / 'Answer: ...'")
     extract: Literal["boxed", "lenient", "answer"] | None = Field(
-        None, description="where the final answer is: 'boxed' (the last \\boxed{}, the RL rule), "
-                          "'lenient' (a box, else a 'final answer is ...' / 'Answer: ...' phrase), "
-                          "'answer' (the whole response is the answer); unset: from 'strict'")
+        None, description="where the final answer is: 'boxed' (the last \\boxed{}, or a run of "
+                          "boxes joined by ',' / 'and' / 'or'; the RL rule), 'lenient' (a box, else "
+                          "the answer a 'final answer is ...' / 'Answer: ...' / '####' phrase "
+                          "announces, else the last formula or number), 'answer' (the whole "
+                          "response is the answer); unset: from 'strict'")
 
     @property
     def extraction(self) -> str:

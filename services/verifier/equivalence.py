@@ -1,11 +1,12 @@
 """Is an extracted answer equivalent to the gold answer?
 
-Two paths. The fast path decides plain numbers -- integers, decimals, thousands separators,
-fractions, mixed numbers, scientific notation -- with exact rational arithmetic in-process; it
+Both sides are first reduced to what they say (``answer_forms``: units, separators, percent,
+"x = 5"). Then two paths. The fast path decides plain numbers -- integers, decimals, fractions,
+mixed numbers, scientific notation, percentages, decimal approximations of a fraction -- and
+sets, lists, intervals, tuples and matrices of them, with exact rational arithmetic in-process; it
 never parses expressions. Everything else goes to math-verify (latex2sympy2 + sympy) inside the
-sandbox, because parsing and simplifying untrusted LaTeX can hang or blow up memory. Before that,
-single-variable inequalities are rewritten as intervals (``x \\ge 3`` -> ``[3,\\infty)``), a form
-math-verify compares.
+sandbox, because parsing and simplifying untrusted LaTeX can hang or blow up memory. Before either,
+single-variable inequalities are rewritten as intervals (``x \\ge 3`` -> ``[3,\\infty)``).
 """
 
 from __future__ import annotations
@@ -13,44 +14,18 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_DECIMAL = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
-_NUMBER = re.compile(rf"^{_DECIMAL}$")
-_FRACTION = re.compile(r"^([+-]?\d+)/(\d+)$")
-_LATEX_FRAC = re.compile(r"^([+-]?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
-_MIXED = re.compile(r"^([+-]?)(\d+)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
-_THOUSANDS = re.compile(r"^[+-]?\d{1,3}((,|\{,\})\d{3})+(\.\d+)?$")
-_SCIENTIFIC = re.compile(rf"^({_DECIMAL})(?:[eE]([+-]?\d{{1,3}})|(?:\\times|\\cdot)10\^\{{?([+-]?\d{{1,3}})\}}?)$")
-_WRAPPERS = ("\\left", "\\right", "\\!", "\\,", "\\;", " ", "$")
-
-
-def normalize_number(text: str) -> Fraction | None:
-    """Exact value of a plain numeric answer, or None if it is anything more than a number."""
-    s = text.strip()
-    for w in _WRAPPERS:
-        s = s.replace(w, "")
-    if _THOUSANDS.match(s):
-        s = s.replace("{,}", "").replace(",", "")
-    try:
-        if _NUMBER.match(s):
-            return Fraction(s)
-        if m := _FRACTION.match(s):
-            return Fraction(int(m.group(1)), int(m.group(2))) if int(m.group(2)) else None
-        if m := _LATEX_FRAC.match(s):
-            num, den = int(m.group(2)), int(m.group(3))
-            return Fraction(-num if m.group(1) == "-" else num, den) if den else None
-        if m := _MIXED.match(s):
-            whole, num, den = int(m.group(2)), int(m.group(3)), int(m.group(4))
-            if not den or num >= den:  # "2\frac{5}{2}" is not a mixed number
-                return None
-            value = whole + Fraction(num, den)
-            return -value if m.group(1) == "-" else value
-        if m := _SCIENTIFIC.match(s):
-            exponent = int(m.group(2) or m.group(3))
-            return Fraction(m.group(1)) * Fraction(10) ** exponent
-    except (ValueError, ZeroDivisionError):
-        return None
-    return None
-
+from services.verifier.answer_forms import (
+    Form,
+    approximates,
+    decimal_places,
+    has_equation,
+    last_side,
+    normalize_number,
+    numeric_matrix,
+    rounds_to,
+    split_list,
+    written_form,
+)
 
 _INFINITY = {"\\infty": "inf", "+\\infty": "inf", "-\\infty": "-inf", "\\infinity": "inf"}
 _LIST = re.compile(r"^(\\\{|[\[(])(.*)(\\\}|[\])])$")
@@ -61,30 +36,71 @@ def _bound(text: str) -> Fraction | str | None:
     return _INFINITY.get(t.replace(" ", "")) or normalize_number(t)
 
 
-def _numeric_list(text: str) -> tuple[str, str, list] | None:
-    """``\\{1,2\\}`` / ``[1,2)`` / ``(1,2,3)`` of plain numbers -> (open, close, values)."""
-    s = text.strip().replace("\\left", "").replace("\\right", "")
+def _collection(text: str) -> tuple[str, str, list[str]] | None:
+    """``\\{1,2\\}`` / ``[1,2)`` / ``(1,2,3)`` / a bare ``1, 2`` -> (open, close, parts); a bare
+    list is a set (MATH writes the roots of an equation as ``1, 2``)."""
+    s = text.strip()
     m = _LIST.match(s)
-    if not m or "{,}" in s:
+    if m and "{,}" not in s:
+        opening, body, closing = m.groups()
+        if (opening == "\\{") != (closing == "\\}"):
+            return None
+        parts = split_list(body)
+        if len(parts) >= 2 or opening == "\\{":
+            return opening, closing, parts
+    parts = split_list(s)
+    return ("\\{", "\\}", parts) if len(parts) >= 2 else None
+
+
+def _numeric_collection(text: str, keep_equations: bool) -> tuple[str, str, list] | None:
+    c = _collection(text)
+    if c is None:
         return None
-    opening, body, closing = m.groups()
-    if (opening == "\\{") != (closing == "\\}"):
-        return None
-    values = [_bound(part) for part in body.split(",")]
-    if len(values) < 2 or any(v is None for v in values):
-        return None
-    return opening, closing, values
+    values = []
+    for part in c[2]:
+        form = written_form(part)
+        v = _bound(form.text if keep_equations else last_side(form.text))
+        if v is None or form.percent:
+            return None
+        values.append(v)
+    return c[0], c[1], values
+
+
+def _numbers_match(a: Form, av: Fraction, g: Form, gv: Fraction) -> bool:
+    """Exact equality; a percent on either side may also be read as a fraction of 100; else a
+    decimal answer that approximates a gold with no finite decimal form."""
+    answers = {av, av / 100} if a.percent else {av}
+    golds = {gv, gv / 100} if g.percent else {gv}
+    if answers & golds:
+        return True
+    return not a.percent and approximates(a.text, av, gv)
+
+
+def _forms(answer: str, gold: str) -> tuple[Form, Form]:
+    """Both sides in written form, inequalities as intervals, and the answer's last side when
+    the gold is not an equation ("x = 5" answers "5")."""
+    g = written_form(gold)
+    a = written_form(answer)
+    if not has_equation(g.text):
+        a = Form(last_side(a.text), a.percent)
+    return (Form(inequality_to_interval(a.text), a.percent),
+            Form(inequality_to_interval(g.text), g.percent))
 
 
 def fast_equivalent(answer: str, gold: str) -> bool | None:
-    """True/False when both sides are plain numbers, or sets/intervals/tuples of them with the
-    same brackets; None when the slow path must decide."""
-    a, g = normalize_number(answer), normalize_number(gold)
-    if a is not None and g is not None:
-        return a == g
-    if a is not None or g is not None:
+    """True/False when both sides are plain numbers, or sets, lists, intervals, tuples or matrices
+    of them; None when the slow path must decide."""
+    a, g = _forms(answer, gold)
+    av, gv = normalize_number(a.text), normalize_number(g.text)
+    if av is not None and gv is not None:
+        return _numbers_match(a, av, g, gv)
+    if av is not None or gv is not None:
         return None
-    la, lg = _numeric_list(answer), _numeric_list(gold)
+    ma, mg = numeric_matrix(a.text), numeric_matrix(g.text)
+    if ma is not None and mg is not None:
+        return ma == mg
+    keep = has_equation(g.text)
+    la, lg = _numeric_collection(a.text, keep), _numeric_collection(g.text, True)
     if la is None or lg is None:
         return None
     if la[:2] != lg[:2]:
@@ -133,16 +149,40 @@ def inequality_to_interval(text: str) -> str:
     return f"(-\\infty,{bound}{_close(_LT[op])}"
 
 
+def _approximates_exact(answer: Form, gold_parsed) -> bool:
+    """A decimal answer against a gold math-verify parsed to an exact real number with no finite
+    decimal form (``\\sqrt{2}``, ``\\pi``, ``2\\sqrt{3}``): the rounding rule of ``approximates``."""
+    import sympy
+
+    value = normalize_number(answer.text)
+    if value is None or answer.percent or decimal_places(answer.text) is None:
+        return False
+    expr = next((x for x in gold_parsed if isinstance(x, sympy.Expr)), None)
+    if expr is None or not expr.is_number or expr.is_real is not True or expr.has(sympy.Float):
+        return False
+    if expr.is_rational:
+        return approximates(answer.text, value, Fraction(int(expr.p), int(expr.q)))
+    if expr.is_rational is not False:
+        return False  # not known to be irrational: no rounding rule
+    # irrational: 40 digits is far past any decimal an answer may give (screening caps lengths)
+    return rounds_to(answer.text, value, Fraction(str(sympy.N(expr, 40))))
+
+
 def sympy_equivalent(answer: str, gold: str) -> bool:
-    """math-verify's verdict. Runs only inside a sandbox worker process."""
+    """math-verify's verdict on both sides in written form, then the approximation rule.
+    Runs only inside a sandbox worker process."""
     from math_verify import LatexExtractionConfig, parse, verify
 
     # LaTeX extraction only: math-verify's plain-expression extractor hands text to sympy's
     # parse_expr, which evaluates Python. The sandbox enforces the wall-clock limit, so
     # math-verify's own signal-based timeout is off.
     latex_only = [LatexExtractionConfig()]
-    gold_parsed = parse(f"${inequality_to_interval(gold)}$", latex_only, parsing_timeout=None)
-    answer_parsed = parse(f"${inequality_to_interval(answer)}$", latex_only, parsing_timeout=None)
+    a, g = _forms(answer, gold)
+    as_latex = ["$" + f.text + ("\\%" if f.percent else "") + "$" for f in (a, g)]
+    answer_parsed = parse(as_latex[0], latex_only, parsing_timeout=None)
+    gold_parsed = parse(as_latex[1], latex_only, parsing_timeout=None)
     if not gold_parsed or not answer_parsed:
         return False
-    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))
+    if verify(gold_parsed, answer_parsed, timeout_seconds=None):
+        return True
+    return _approximates_exact(a, gold_parsed)

@@ -2,7 +2,8 @@ from fractions import Fraction
 
 import pytest
 
-from services.verifier.equivalence import fast_equivalent, normalize_number
+from services.verifier.answer_forms import normalize_number
+from services.verifier.equivalence import fast_equivalent
 from services.verifier.extract import last_boxed
 
 
@@ -22,7 +23,7 @@ def test_last_boxed(text, expected):
 @pytest.mark.parametrize("text,value", [
     ("42", Fraction(42)), ("-3", Fraction(-3)), ("0.50", Fraction(1, 2)), ("1,234", Fraction(1234)),
     ("3/4", Fraction(3, 4)), ("\\frac{3}{4}", Fraction(3, 4)), ("-\\dfrac{1}{3}", Fraction(-1, 3)),
-    ("$7$", Fraction(7)), ("1/0", None), ("x+1", None), ("1,23", None), ("", None),
+    ("$7$", Fraction(7)), ("1/0", None), ("x+1", None), ("1,23", Fraction(123, 100)), ("1, 23", None), ("", None),
 ])
 def test_normalize_number(text, value):
     assert normalize_number(text) == value
@@ -31,7 +32,8 @@ def test_normalize_number(text, value):
 def test_fast_path_decides_numbers_and_defers_the_rest():
     assert fast_equivalent("0.5", "\\frac{1}{2}") is True
     assert fast_equivalent("82", "83") is False
-    assert fast_equivalent("x=3", "3") is None  # needs the sandboxed parser
+    assert fast_equivalent("x=3", "3") is True  # an assignment answers by its value
+    assert fast_equivalent("x+1", "1+x") is None  # needs the sandboxed parser
 
 
 # -- extraction ---------------------------------------------------------------------------------
