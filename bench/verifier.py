@@ -11,8 +11,9 @@
 4. Accuracy: agreement with the labelled sets in bench/data (one written with the grading rules,
    one written apart from the code), ours (lenient extraction) against math-verify's defaults
    on the same pairs.
-5. Hostile extraction: responses of 190k characters shaped against the extractor's scans,
-   timed against one regex pass over the same text.
+5. Hostile text: responses of 190k characters shaped against the extractor's scans, and answers
+   and golds of 2000 shaped against the fast path's, each timed against one regex pass over the
+   same text (a quadratic scan shows as a ratio in the thousands).
 6. Python task: the same checks (small programs, 4 tests each, a third of them wrong) under
    bubblewrap and as a bare limited process (the ``process`` backend), one at a time, in one run:
    what the namespaces cost per check.
@@ -204,27 +205,40 @@ def accuracy() -> dict[str, tuple[float, float, int]]:
     return out
 
 
-HOSTILE_TEXTS = {"open boxes": "\\boxed{" * 27_000, "dollars": "$" * 190_000,
-                 "joined boxes": "\\boxed{1}, " * 17_000, "anchors": "the answer is " * 13_500,
-                 "spaced numbers": "1 000 " * 31_000, "formulas": "$x$ and " * 23_000,
-                 "deep braces": "\\boxed{" + "{" * 190_000 + "}"}
+R, A = 190_000, 2_000  # a response near the API's 200k limit; an answer or gold at the screen's limit
+HOSTILE_TEXTS = {"open boxes": "\\boxed{" * (R // 7), "dollars": "$" * R, "joined boxes": "\\boxed{1}, " * (R // 11),
+                 "anchors": "the answer is " * (R // 14), "spaced numbers": "1 000 " * (R // 6),
+                 "formulas": "$x$ and " * (R // 8), "deep braces": "\\boxed{" + "{" * R + "}",
+                 "blank lines": "    \n" * (R // 5), "gap of spaces": "\\boxed{1}" + " " * R + "\\boxed{2}",
+                 "anchor then spaces": "the answer is" + " " * R}
+HOSTILE_ANSWERS = {"spaces": " " * A, "x< spaces <": "x<" + " " * (A - 4) + "<", "1 spaces 1": "1" + " " * (A - 2) + "1",
+                   "} spaces": "}" + " " * (A - 2) + "a", "unit spaces": "5\\text{a" + " " * (A - 10) + "}",
+                   "list": "1," * (A // 2), "thousands": "1" + ",000" * (A // 4 - 1) + "0", "equals": "x=" * (A // 2),
+                   "matrix": "\\begin{pmatrix}" + "1&" * (A // 2 - 20) + "\\end{pmatrix}", "words": "1" + " ab" * (A // 3)}
 
 
 def hostile_extraction() -> tuple[str, float, float]:
-    """The slowest shape: (name, seconds for both modes, seconds for one regex pass)."""
+    """The slowest shape relative to one regex pass over it: (name, seconds, one pass's seconds).
+    Responses go through both extraction modes; answers and golds through the fast path on
+    either side (what the server process itself runs, before any sandbox)."""
     import re
 
+    from services.verifier.equivalence import fast_equivalent
     from services.verifier.extract import extract_answer
 
+    work = {**{name: (lambda t=text: [extract_answer(t, m) for m in ("boxed", "lenient")], text)
+               for name, text in HOSTILE_TEXTS.items()},
+            **{name: (lambda t=text: (fast_equivalent(t, "5"), fast_equivalent("5", t), fast_equivalent(t, t)), text)
+               for name, text in HOSTILE_ANSWERS.items()}}
     worst = ("", 0.0, 1.0)
-    for name, text in HOSTILE_TEXTS.items():
+    for name, (run, text) in work.items():
         t0 = time.perf_counter()
-        for mode in ("boxed", "lenient"):
-            extract_answer(text, mode)
+        run()
         took = time.perf_counter() - t0
         t0 = time.perf_counter()
-        re.findall(r"\d", text)
-        one_pass = time.perf_counter() - t0
+        for _ in range(10):
+            re.findall(r"\d", text)
+        one_pass = (time.perf_counter() - t0) / 10
         if took / one_pass > worst[1] / worst[2]:
             worst = (name, took, one_pass)
     return worst
@@ -287,8 +301,9 @@ def main() -> None:
           f"errors {one_lane_errors}")
     acc = accuracy()
     shape, extract_s, pass_s = hostile_extraction()
-    print(f"hostile extraction: slowest shape '{shape}' (190k characters), both modes "
-          f"{extract_s * 1000:.0f} ms; one regex pass over it {pass_s * 1000:.1f} ms")
+    print(f"hostile text: slowest shape '{shape}' ({len(HOSTILE_TEXTS) + len(HOSTILE_ANSWERS)} shapes: "
+          f"190k-character responses, 2000-character answers and golds) {extract_s * 1000:.1f} ms; "
+          f"one regex pass over it {pass_s * 1000:.2f} ms")
     iso_s, bare_s, passed = python_task(python_checks(PY_CHECKS))
     print(f"python: {PY_CHECKS} checks x 4 tests ({passed} passed either way), one at a time: "
           f"bubblewrap {PY_CHECKS / iso_s:.1f} checks/s ({iso_s / PY_CHECKS * 1000:.0f} ms each), "
@@ -301,7 +316,7 @@ def main() -> None:
     for name, (ours, peer, n) in acc.items():
         print(f"RESULT verifier_{name}_agreement_vs_math_verify {ours / peer:.3f} x vs math-verify "
               f"({ours:.3f} vs {peer:.3f} on {n} pairs)")
-    print(f"RESULT verifier_hostile_extraction_vs_one_regex_pass {extract_s / pass_s:.1f} x vs one-regex-pass")
+    print(f"RESULT verifier_hostile_text_vs_one_regex_pass {extract_s / pass_s:.1f} x vs one-regex-pass")
     print(f"RESULT verifier_python_isolated_vs_bare {bare_s / iso_s:.2f} x vs no-isolation")
     print(f"RESULT verifier_benign_p99_under_hostile_load {pct99(mixed['benign']):.2f} s vs goal-1s")
     print(f"RESULT verifier_benign_p99_hostile_vs_alone {pct99(mixed['benign']) / pct99(quiet['benign']):.2f} x vs benign-alone")

@@ -38,6 +38,18 @@ class Form:
     percent: bool = False
 
 
+_TAIL = 80  # units, percent and degree signs are short: the suffix patterns look no further
+
+
+def _suffix(s: str, pattern: re.Pattern) -> int | None:
+    """Where ``pattern`` (anchored at the end) starts in ``s``, if it leaves something before it.
+    Searched in the last _TAIL characters only: a search from every position of a long hostile
+    answer would be quadratic."""
+    start = max(0, len(s) - _TAIL)
+    m = pattern.search(s, start)
+    return m.start() if m and m.start() > 0 else None
+
+
 def written_form(text: str) -> Form:
     """The answer with its delimiters, units, currency and degree sign gone; percent as a flag."""
     s = text.strip()
@@ -46,13 +58,14 @@ def written_form(text: str) -> Form:
             s = s[len(left):-len(right)].strip()
     s = _STYLE.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _SPACING.sub(" ", s).strip().rstrip(".").strip()
-    percent = False
-    if (m := _PERCENT.search(s)) and m.start() > 0:
-        s, percent = s[:m.start()].strip(), True
+    cut = _suffix(s, _PERCENT)
+    percent = cut is not None
+    if percent:
+        s = s[:cut].strip()
     for _ in range(2):  # "5 \text{ cm}^2", then a unit word left before it
         for pattern in (_UNIT_GROUP, _UNIT_WORDS, _DEGREE):
-            if (m := pattern.search(s)) and m.start() > 0:
-                s = s[:m.start()].strip()
+            if (cut := _suffix(s, pattern)) is not None:
+                s = s[:cut].strip()
     if (m := _CURRENCY.match(s)) and m.end() < len(s):
         s = s[m.end():].strip()
     return Form(s, percent)
@@ -110,13 +123,13 @@ _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:(?:,|\{,\}| )\d{3})+(?:\.\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^([+-]?\d+)(?:,|\{,\})(\d+)$")
 _SCIENTIFIC = re.compile(rf"^({_DECIMAL})(?:[eE]([+-]?\d{{1,3}})|(?:\\times|\\cdot)10\^\{{?([+-]?\d{{1,3}})\}}?)$")
 _POWER_OF_TEN = re.compile(r"^10\^\{?([+-]?\d{1,3})\}?$")
-_LOOSE_SPACE = re.compile(r"(?<!\d)\s+|\s+(?!\d)")  # every space not between two digits
+_LOOSE_SPACE = re.compile(r"(?<!\d) | (?!\d)")  # a (single) space not between two digits
 
 
 def canonical_number(text: str) -> str | None:
     """The numeric text with its separators read (``1\\,000`` -> ``1000``, ``3,5`` -> ``3.5``);
     None when it is not written as a plain number."""
-    s = _SPACING.sub(" ", text.strip().replace("$", "")).strip()
+    s = re.sub(r"\s+", " ", _SPACING.sub(" ", text.replace("$", ""))).strip()
     s = _STYLE.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     if _THOUSANDS.match(s):
         return s.replace("{,}", "").replace(",", "").replace(" ", "")

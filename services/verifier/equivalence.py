@@ -115,11 +115,10 @@ def fast_equivalent(answer: str, gold: str) -> bool | None:
 _LT = {"<": "(", "\\lt": "(", "<=": "[", "\\le": "[", "\\leq": "[", "\\leqslant": "["}
 _GT = {">": "(", "\\gt": "(", ">=": "[", "\\ge": "[", "\\geq": "[", "\\geqslant": "["}
 _FLIP = dict(zip(_LT, _GT)) | dict(zip(_GT, _LT))  # both tables list their operators in the same order
-_OP = r"(<=|>=|<|>|\\leqslant|\\geqslant|\\leq|\\geq|\\le|\\ge|\\lt|\\gt)"
-_SIDE = r"([^<>=\\]*(?:\\(?!l[te]|g[te])[a-z]+[^<>=\\]*)*)"
-_ONE = re.compile(rf"^\s*([a-zA-Z])\s*{_OP}\s*{_SIDE}\s*$")
-_ONE_REV = re.compile(rf"^\s*{_SIDE}\s*{_OP}\s*([a-zA-Z])\s*$")
-_TWO = re.compile(rf"^\s*{_SIDE}\s*{_OP}\s*([a-zA-Z])\s*{_OP}\s*{_SIDE}\s*$")
+# one pass over the text finds the operators: no pattern here can backtrack (answers and golds
+# are hostile input, and this runs in the server process)
+_OP = re.compile(r"<=|>=|<|>|\\(?:leqslant|geqslant|leq|geq|le|ge|lt|gt)(?![a-zA-Z])")
+_VARIABLE = re.compile(r"[a-zA-Z]")
 
 
 def _close(bracket: str) -> str:
@@ -128,21 +127,32 @@ def _close(bracket: str) -> str:
 
 def inequality_to_interval(text: str) -> str:
     """``x>3`` -> ``(3,\\infty)``, ``1\\le x<2`` -> ``[1,2)``; anything else unchanged."""
-    if m := _TWO.match(text):
-        lo, op1, _var, op2, hi = (g.strip() for g in m.groups())
-        if op1 in _LT and op2 in _LT and lo and hi:
+    if "=" in _OP.sub("", text):
+        return text  # an equation, or a chain with one
+    ops = list(_OP.finditer(text))
+    if not 1 <= len(ops) <= 2:
+        return text
+    cuts = [-1, *(i for m in ops for i in (m.start(), m.end() - 1)), len(text)]
+    sides = [text[cuts[i] + 1:cuts[i + 1]].strip() for i in range(0, len(cuts), 2)]
+    names = [m.group() for m in ops]
+    if not all(sides):
+        return text
+    if len(ops) == 2:
+        lo, var, hi = sides
+        op1, op2 = names
+        if not _VARIABLE.fullmatch(var):
+            return text
+        if op1 in _LT and op2 in _LT:
             return f"{_LT[op1]}{lo},{hi}{_close(_LT[op2])}"
-        if op1 in _GT and op2 in _GT and lo and hi:
+        if op1 in _GT and op2 in _GT:
             return f"{_GT[op2]}{hi},{lo}{_close(_GT[op1])}"
         return text
-    if m := _ONE.match(text):
-        _var, op, bound = (g.strip() for g in m.groups())
-    elif m := _ONE_REV.match(text):
-        bound, op, _var = (g.strip() for g in m.groups())
-        op = _FLIP[op]  # "3 < x" reads as "x > 3"
+    (left, right), op = sides, names[0]
+    if _VARIABLE.fullmatch(left):
+        bound = right
+    elif _VARIABLE.fullmatch(right):
+        bound, op = left, _FLIP[op]  # "3 < x" reads as "x > 3"
     else:
-        return text
-    if not bound:
         return text
     if op in _GT:
         return f"{_GT[op]}{bound},\\infty)"

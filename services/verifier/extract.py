@@ -39,6 +39,8 @@ def _close_brace(text: str, i: int, limit: int) -> int:
 
 def _joined(gap: str) -> bool:
     """Whether the text between two answer parts joins them into one answer."""
+    if len(gap) > 80:
+        return False
     gap = gap.replace("$", " ").replace("\\(", " ").replace("\\)", " ")
     return _JOINER.fullmatch(gap) is not None
 
@@ -120,7 +122,7 @@ def _last_number(text: str) -> tuple[str, int] | None:
     return (last.group().rstrip(","), last.end()) if last else None
 
 
-_ANCHOR = re.compile(r"final answer|the answer|answer\s*:|^\s*####", re.IGNORECASE | re.MULTILINE)
+_ANCHOR = re.compile(r"final answer|the answer|answer[ \t]*:|^[ \t]*####", re.IGNORECASE | re.MULTILINE)
 _AFTER_ANCHOR = re.compile(r"[\s*:]*(?:(?:is|was|would be|will be|=)\b[\s*:]*)?")
 _WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
 
@@ -141,7 +143,9 @@ def _announced(text: str) -> str | None:
             continue
         if not _WORD.search(phrase.replace("\\text", "").replace("\\frac", "")):
             return phrase  # reads as math: "42", "x = 3", "(C)", "3/4"
-        number = _last_number(phrase)
+        if lead := _NUMBER.match(phrase):  # "the answer is 9, not 10 as one might guess"
+            return lead.group().rstrip(",")
+        number = _last_number(phrase)  # "the answer is not 3; checking again, it is 4"
         if number:
             return number[0]
         if len(phrase) <= 40:

@@ -71,11 +71,13 @@ class Scorer:
         if task == "python":
             return True
         extracted = extract_answer(response, options.extraction)
-        return extracted is not None and self._lane(extracted) is self.slow_pool
+        return extracted is not None and self._lane(extracted, gold) is self.slow_pool
 
-    def _lane(self, extracted: str) -> SandboxPool:
-        """The sandbox pool that parses ``extracted``: the slow lane's when it looks expensive."""
-        return self.slow_pool if self.slow_pool is not None and expensive_looking(extracted) else self.pool
+    def _lane(self, extracted: str, gold: str) -> SandboxPool:
+        """The sandbox pool that parses the pair: the slow lane's when either side looks
+        expensive (an outside caller's gold is as hostile as its answer)."""
+        costly = expensive_looking(extracted) or expensive_looking(gold)
+        return self.slow_pool if self.slow_pool is not None and costly else self.pool
 
     def penalties(self, response: str, finish_reason: str) -> dict[str, float]:
         c = self.cfg
@@ -126,6 +128,8 @@ class Scorer:
         rejected = screen_answer(extracted, self.cfg.max_answer_chars, self.cfg.max_nesting)
         if rejected:
             return "ok", 0.0, extracted[:200], f"answer rejected before parsing: {rejected}"
+        if rejected := screen_answer(gold, self.cfg.max_answer_chars, self.cfg.max_nesting):
+            return "error", 0.0, extracted[:200], f"gold rejected before parsing: {rejected}"
         fast = fast_equivalent(extracted, gold)
         if fast is not None:
             self.fast_path_hits += 1
@@ -139,7 +143,7 @@ class Scorer:
         if not sandbox:
             return None
         self.sandbox_calls += 1
-        res = self._lane(extracted).run("sympy_equivalent", extracted, gold)
+        res = self._lane(extracted, gold).run("sympy_equivalent", extracted, gold)
         if res.status == "ok":
             verdict = (float(bool(res.value)), None)
         elif res.status == "error" and not (res.error or "").startswith("sandbox worker died"):

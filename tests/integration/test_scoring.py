@@ -132,3 +132,13 @@ def test_cheap_answers_are_answered_without_the_sandbox_and_costly_ones_in_their
     assert [v.correct for v in verdicts] == [True] * 8
     assert scorer.sandbox_calls - calls == 2  # the symbolic and the costly one only
     assert (scorer.pool.size, scorer.slow_pool.size) == (main_before, slow_before) == (2, 1)
+
+
+def test_an_outside_callers_gold_is_screened_and_routed_like_an_answer(scorer):
+    """The REST gold is caller input too: an absurd one is refused as an error (not a wrong
+    answer) before any parser sees it, and an expensive-looking one takes the slow lane."""
+    v = scorer.score("so \\boxed{3}", "9^{9^{9^{9}}}")
+    assert v.status == "error" and "gold rejected before parsing: power tower" in v.detail
+    assert not v.correct and v.reward == 0.0
+    assert scorer._slow_lane("so \\boxed{x+1}", "\\sum_{k=1}^{3} x", "math", VerifyOptions())
+    assert not scorer._slow_lane("so \\boxed{x+1}", "1+x", "math", VerifyOptions())

@@ -34,7 +34,7 @@ def test_written_form_drops_units_currency_and_degrees(text, out, percent):
 @pytest.mark.parametrize("text,out", [
     ("1\\,000\\,000", "1000000"), ("1 000 000", "1000000"), ("12\\ 345", "12345"), ("12{,}345", "12345"),
     ("1,234.5", "1234.5"), ("3,5", "3.5"), ("3{,}14", "3.14"), ("-0,75", "-0.75"), ("2,125", "2125"),
-    ("1 5", None), ("1, 5", None), ("4\u2009096", "4096"),
+    ("1 5", None), ("1    5", None), ("1, 5", None), ("4\u2009096", "4096"), ("- 7", "-7"),
 ])
 def test_separators_are_read(text, out):
     assert canonical_number(text) == out
@@ -88,6 +88,7 @@ def test_fast_path_verdicts(answer, gold, verdict):
     # prose: the announced answer, else the last formula or number, whichever ends later
     ("Adding 20 and 22 we get 42. The answer is 44.", "lenient", "44"),
     ("The answer is not 3; checking again, it is 4.", "lenient", "4"),
+    ("The answer is 9, not 10 as one might first guess.", "lenient", "9"),
     ("which is the answer. So $x = 7$.", "lenient", "x = 7"),
     ("We have $x = 3$, so the total is 15 apples.", "lenient", "15"),
     ("There are 4 096 subsets.", "lenient", "4 096"),
@@ -108,7 +109,8 @@ def test_extraction(text, mode, expected):
     ("\\boxed{1}, " * 18_000, ", ".join(["1"] * 10), ", ".join(["1"] * 10)),
     ("the answer is " * 14_000, None, "the answer is"), ("1 000 " * 30_000, None, "1 000"),
     ("{" * 190_000 + "\\boxed{1}", "1", "1"), ("$x$ and " * 25_000, None, ", ".join(["x"] * 10)),
-    ("\\boxed{" + "{" * 190_000 + "}", None, None),
+    ("\\boxed{" + "{" * 190_000 + "}", None, None), ("    \n" * 38_000, None, None),
+    ("\\boxed{1}" + " " * 190_000 + "\\boxed{2}", "2", "2"), ("the answer is" + " " * 190_000, None, None),
 ])
 def test_extraction_of_huge_hostile_responses(text, boxed, lenient):
     """Responses up to the API's 200k characters, shaped to make a backtracking scan or a
