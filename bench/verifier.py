@@ -210,7 +210,8 @@ HOSTILE_TEXTS = {"open boxes": "\\boxed{" * (R // 7), "dollars": "$" * R, "joine
                  "anchors": "the answer is " * (R // 14), "spaced numbers": "1 000 " * (R // 6),
                  "formulas": "$x$ and " * (R // 8), "deep braces": "\\boxed{" + "{" * R + "}",
                  "blank lines": "    \n" * (R // 5), "gap of spaces": "\\boxed{1}" + " " * R + "\\boxed{2}",
-                 "anchor then spaces": "the answer is" + " " * R}
+                 "anchor then spaces": "the answer is" + " " * R,
+                 "lone dollar": "$" + "\\)\\]" * (R // 4) + "\n$x^2$"}
 HOSTILE_ANSWERS = {"spaces": " " * A, "x< spaces <": "x<" + " " * (A - 4) + "<", "1 spaces 1": "1" + " " * (A - 2) + "1",
                    "} spaces": "}" + " " * (A - 2) + "a", "unit spaces": "5\\text{a" + " " * (A - 10) + "}",
                    "list": "1," * (A // 2), "thousands": "1" + ",000" * (A // 4 - 1) + "0", "equals": "x=" * (A // 2),

@@ -19,17 +19,59 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-_SPACING = re.compile(r"(?<!\\)\\[,;: !]|~|[\u00a0\u2009\u202f]")  # "\\ " ends a matrix row
+_SPACING = re.compile(r"(?<!\\)\\[,;: ]|~|[\u00a0\u2009\u202f]")  # "\\ " ends a matrix row
+_NEGATIVE_SPACE = re.compile(r"(?<!\\)\\!")  # MATH writes thousands as 1,\!000
 _DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _STYLE = re.compile(r"\\(?:displaystyle|textstyle|left|right)(?![a-zA-Z])")
+_SYMBOLS = {"≥": "\\ge ", "≤": "\\le ", "≠": "\\ne ", "−": "-", "×": "\\times ", "\\approx": "=", "≈": "="}
+_TRAILING_DOTS = re.compile(r"(?:\\[lc]?dots|\.\.\.|…)\s*$")
+_CONSTANT = re.compile(r"\\(?:mathrm|text|rm)\s*\{\s*([ie])\s*\}")  # \mathrm{i}, \mathrm{e}
+# "x = -2 \text{ or } x = 3", "x_1 = 2 \quad x_2 = 3": connectives between the parts of a list
+_CONNECTIVE = re.compile(r"\\text\s*\{\s*(?:,?\s*(?:or|and)|,)\s*\}|\\(?:lor|quad|qquad)(?![a-zA-Z])"
+                         r"|(?<![\\a-zA-Z])(?:or|and)(?![a-zA-Z])")
 # a trailing \text{cm} / \mbox{ square inches} / \mathrm{m/s}, optionally squared or cubed
-_UNIT_GROUP = re.compile(r"\\(?:text|mbox|mathrm|textrm|rm|textit|mathit)\s*\{\s*[A-Za-z][A-Za-z./ ]*\}"
+_UNIT_GROUP = re.compile(r"\\(?:text|mbox|mathrm|textrm|rm|textit|mathit)\s*\{\s*([A-Za-z][A-Za-z./ ]*)\}"
                          r"(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*$")
 # trailing words after a number or a group: "8 apples", "3 square units", "5 cm^2"
-_UNIT_WORDS = re.compile(r"(?<=[\d}])\s+[A-Za-z]{2,}\.?(?:\s+[A-Za-z]{2,}\.?){0,3}(?:\s*\^\s*\{?[23]\}?)?\s*$")
+_UNIT_WORDS = re.compile(r"(?<=[\d}])\s+([A-Za-z]+\.?(?:\s+[A-Za-z]+\.?){0,3})(?:\s*\^\s*\{?[23]\}?)?\s*$")
 _DEGREE = re.compile(r"\s*(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree)\s*$")
 _CURRENCY = re.compile(r"^\s*(?:\\\$|\$|€|£|¥|₹|\\euro\b|USD\b|EUR\b)\s*")
 _PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*\\?%\s*\}|\\?\s*percent)\s*$")
+# Words that qualify or hedge an answer instead of naming its unit: "5 or more", "at most 4",
+# "4 or five", "not 3". An answer holding one (where the gold does not) is wrong, and no such
+# word is ever stripped as a unit.
+HEDGES = frozenset("""or and more less fewer least most not no none impossible possibly maybe
+    perhaps either neither nor about approximately around roughly than only exactly between plus
+    minus""".split())
+NUMBER_WORDS = frozenset("""zero one two three four five six seven eight nine ten eleven twelve
+    thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty
+    seventy eighty ninety hundred thousand million billion half third quarter""".split())
+_UNIT_LETTERS = frozenset("mgshLlVWAJNK")  # one-letter units (\mathrm{m}); never i or e
+_SHORT_UNITS = frozenset("m cm mm km in ft yd mi kg g mg lb lbs oz s h hr hrs ml mL L mph sq".split())
+_WORD = re.compile(r"(?<![\\a-zA-Z])[A-Za-z]+(?![a-zA-Z])")
+
+
+def _unit_words(words: str, plain: bool) -> bool:
+    """Whether ``words`` name a unit (``cm``, ``square inches``, ``m/s``, ``apples``) rather than
+    qualify the answer. Plain words (outside ``\\text{}``) need three letters or a known unit
+    abbreviation, so ``5 xy`` stays an expression."""
+    parts = [w for w in re.split(r"[\s/.]+", words) if w]
+    for w in parts:
+        low = w.lower()
+        if low in HEDGES or low in NUMBER_WORDS:
+            return False
+        if len(w) == 1 and w not in _UNIT_LETTERS:
+            return False
+        if plain and len(w) < 3 and w not in _SHORT_UNITS:
+            return False
+    return bool(parts)
+
+
+def hedged(text: str) -> bool:
+    """Whether the answer holds a word that hedges or qualifies it (see HEDGES), or a number
+    written as a word beside a digit ("4 or five")."""
+    words = {w.lower() for w in _WORD.findall(text)}
+    return bool(words & HEDGES) or (bool(words & NUMBER_WORDS) and any(c.isdigit() for c in text))
 
 
 @dataclass(frozen=True)
@@ -57,18 +99,46 @@ def written_form(text: str) -> Form:
         if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
             s = s[len(left):-len(right)].strip()
     s = _STYLE.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = _SPACING.sub(" ", s).strip().rstrip(".").strip()
+    for symbol, latex in _SYMBOLS.items():
+        s = s.replace(symbol, latex)
+    s = _CONSTANT.sub(r"\1", _NEGATIVE_SPACE.sub("", s))
+    s = _SPACING.sub(" ", s).strip()
+    if (cut := _suffix(s, _TRAILING_DOTS)) is not None:
+        s = s[:cut]
+    s = s.strip().rstrip(".").strip()
     cut = _suffix(s, _PERCENT)
     percent = cut is not None
     if percent:
         s = s[:cut].strip()
     for _ in range(2):  # "5 \text{ cm}^2", then a unit word left before it
         for pattern in (_UNIT_GROUP, _UNIT_WORDS, _DEGREE):
-            if (cut := _suffix(s, pattern)) is not None:
+            if (cut := _suffix(s, pattern)) is None:
+                continue
+            m = pattern.search(s, cut)
+            if pattern is _DEGREE or _unit_words(m.group(1), plain=pattern is _UNIT_WORDS):
                 s = s[:cut].strip()
     if (m := _CURRENCY.match(s)) and m.end() < len(s):
         s = s[m.end():].strip()
     return Form(s, percent)
+
+
+def as_list(text: str) -> str:
+    """Connectives between the parts of an answer as commas: ``x = -2 \\text{ or } x = 3`` ->
+    ``x = -2 , x = 3``. Only outside brackets: the "or" of ``B \\text{ (or C)}`` is a hedge, and
+    stays for ``hedged`` to see."""
+    matches = list(_CONNECTIVE.finditer(text))
+    if not matches:
+        return text
+    depth, depths = 0, []
+    for ch in text:  # bracket depth before each character, one pass
+        depths.append(depth)
+        depth += (ch in "{([") - (ch in "})]")
+    out, last = [], 0
+    for m in matches:
+        if depths[m.start()] == 0:
+            out += [text[last:m.start()], ","]
+            last = m.end()
+    return "".join(out) + text[last:]
 
 
 def _top_level(text: str, sep: str) -> list[int]:
@@ -87,7 +157,8 @@ def _top_level(text: str, sep: str) -> list[int]:
 def _equals(text: str) -> list[int]:
     """Top-level ``=`` that are equations, not part of ``<=``, ``>=``, ``!=``, ``==``."""
     return [i for i in _top_level(text, "=")
-            if (i == 0 or text[i - 1] not in "<>!=") and (i + 1 >= len(text) or text[i + 1] != "=")]
+            if (i == 0 or text[i - 1] not in "<>!=") and (i + 1 >= len(text) or text[i + 1] != "=")
+            and not text[:i].rstrip().endswith("\\not")]  # x \not= 5
 
 
 def has_equation(text: str) -> bool:
@@ -119,16 +190,18 @@ _NUMBER = re.compile(rf"^{_DECIMAL}$")
 _FRACTION = re.compile(r"^([+-]?\d+)/(\d+)$")
 _LATEX_FRAC = re.compile(r"^([+-]?)\\frac\{([+-]?\d+)\}\{(\d+)\}$")
 _MIXED = re.compile(r"^([+-]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
-_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:(?:,|\{,\}| )\d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(r"^[+-]?[1-9]\d{0,2}(?:(?:,|\{,\}| )\d{3})+(?:\.\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^([+-]?\d+)(?:,|\{,\})(\d+)$")
 _SCIENTIFIC = re.compile(rf"^({_DECIMAL})(?:[eE]([+-]?\d{{1,3}})|(?:\\times|\\cdot)10\^\{{?([+-]?\d{{1,3}})\}}?)$")
 _POWER_OF_TEN = re.compile(r"^10\^\{?([+-]?\d{1,3})\}?$")
 _LOOSE_SPACE = re.compile(r"(?<!\d) | (?!\d)")  # a (single) space not between two digits
 
 
-def canonical_number(text: str) -> str | None:
+def canonical_number(text: str, decimal_comma: bool = True) -> str | None:
     """The numeric text with its separators read (``1\\,000`` -> ``1000``, ``3,5`` -> ``3.5``);
-    None when it is not written as a plain number."""
+    None when it is not written as a plain number. ``decimal_comma=False`` (how golds are read:
+    MATH writes the roots 1 and 4 as ``1,4``) takes a comma that is not a thousands separator for
+    a list."""
     s = re.sub(r"\s+", " ", _SPACING.sub(" ", text.replace("$", ""))).strip()
     s = _STYLE.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     if _THOUSANDS.match(s):
@@ -136,14 +209,15 @@ def canonical_number(text: str) -> str | None:
     if re.search(r",\s", s):
         return None  # "1, 2" is a list, not a decimal comma
     s = _LOOSE_SPACE.sub("", s)
-    if (m := _DECIMAL_COMMA.match(s)) and len(m.group(2)) != 3:
+    if decimal_comma and (m := _DECIMAL_COMMA.match(s)) and (
+            len(m.group(2)) != 3 or m.group(1).lstrip("+-") == "0"):  # 0,125 groups no thousands
         return f"{m.group(1)}.{m.group(2)}"
     return s if " " not in s else None
 
 
-def normalize_number(text: str) -> Fraction | None:
+def normalize_number(text: str, decimal_comma: bool = True) -> Fraction | None:
     """Exact value of a plain numeric answer, or None if it is anything more than a number."""
-    s = canonical_number(text)
+    s = canonical_number(text, decimal_comma)
     if s is None:
         return None
     try:

@@ -17,8 +17,10 @@ from fractions import Fraction
 from services.verifier.answer_forms import (
     Form,
     approximates,
+    as_list,
     decimal_places,
     has_equation,
+    hedged,
     last_side,
     normalize_number,
     numeric_matrix,
@@ -67,20 +69,23 @@ def _numeric_collection(text: str, keep_equations: bool) -> tuple[str, str, list
 
 
 def _numbers_match(a: Form, av: Fraction, g: Form, gv: Fraction) -> bool:
-    """Exact equality; a percent on either side may also be read as a fraction of 100; else a
-    decimal answer that approximates a gold with no finite decimal form."""
-    answers = {av, av / 100} if a.percent else {av}
-    golds = {gv, gv / 100} if g.percent else {gv}
-    if answers & golds:
-        return True
-    return not a.percent and approximates(a.text, av, gv)
+    """Exact equality; a percent on one side may also be read as a fraction of 100 (``25\\%`` is
+    25 or 0.25, never both sides divided); else a decimal answer that approximates a gold with no
+    finite decimal form."""
+    if a.percent and not g.percent:
+        return av in (gv, gv * 100)
+    if g.percent and not a.percent:
+        return av in (gv, gv / 100) or approximates(a.text, av, gv / 100)
+    return av == gv or approximates(a.text, av, gv)
 
 
 def _forms(answer: str, gold: str) -> tuple[Form, Form]:
     """Both sides in written form, inequalities as intervals, and the answer's last side when
     the gold is not an equation ("x = 5" answers "5")."""
     g = written_form(gold)
+    g = Form(as_list(g.text), g.percent)
     a = written_form(answer)
+    a = Form(as_list(a.text), a.percent)
     if not has_equation(g.text):
         a = Form(last_side(a.text), a.percent)
     return (Form(inequality_to_interval(a.text), a.percent),
@@ -91,9 +96,18 @@ def fast_equivalent(answer: str, gold: str) -> bool | None:
     """True/False when both sides are plain numbers, or sets, lists, intervals, tuples or matrices
     of them; None when the slow path must decide."""
     a, g = _forms(answer, gold)
-    av, gv = normalize_number(a.text), normalize_number(g.text)
+    if hedged(a.text) and not hedged(g.text):
+        return False  # "5 or more", "at most 4", "4 or five": not one answer
+    # golds are read strictly (MATH writes the roots 1 and 4 as "1,4"); answers by the gold's shape
+    av, gv = normalize_number(a.text), normalize_number(g.text, decimal_comma=False)
     if av is not None and gv is not None:
         return _numbers_match(a, av, g, gv)
+    if gv is not None and len(split_list(a.text)) > 1:
+        return False  # several answers for one number
+    if av is not None and len(split_list(g.text)) > 1:
+        if _collection(a.text) is None:
+            return False  # one number for several answers
+        av = None  # "1,5" against a list gold: read as the list it is written as
     if av is not None or gv is not None:
         return None
     ma, mg = numeric_matrix(a.text), numeric_matrix(g.text)
@@ -159,28 +173,31 @@ def inequality_to_interval(text: str) -> str:
     return f"(-\\infty,{bound}{_close(_LT[op])}"
 
 
-def _approximates_exact(answer: Form, gold_parsed) -> bool:
-    """A decimal answer against a gold math-verify parsed to an exact real number with no finite
-    decimal form (``\\sqrt{2}``, ``\\pi``, ``2\\sqrt{3}``): the rounding rule of ``approximates``."""
+def _decimal_verdict(answer: Form, gold_parsed) -> bool | None:
+    """A decimal answer against a gold math-verify parsed to an exact real number (``\\sqrt{2}``,
+    ``\\pi``, ``2\\sqrt{3}``, ``\\frac{100}{7}``): equal, or the rounding rule of
+    ``approximates``; None when the gold is no such number. Decided here rather than by
+    math-verify, whose float comparison rounds to six decimals (``0.0`` would equal ``e^{-20}``)."""
     import sympy
 
     value = normalize_number(answer.text)
     if value is None or answer.percent or decimal_places(answer.text) is None:
-        return False
+        return None
     expr = next((x for x in gold_parsed if isinstance(x, sympy.Expr)), None)
     if expr is None or not expr.is_number or expr.is_real is not True or expr.has(sympy.Float):
-        return False
+        return None
     if expr.is_rational:
-        return approximates(answer.text, value, Fraction(int(expr.p), int(expr.q)))
+        exact = Fraction(int(expr.p), int(expr.q))
+        return value == exact or approximates(answer.text, value, exact)
     if expr.is_rational is not False:
-        return False  # not known to be irrational: no rounding rule
+        return None  # not known to be irrational: math-verify decides
     # irrational: 40 digits is far past any decimal an answer may give (screening caps lengths)
     return rounds_to(answer.text, value, Fraction(str(sympy.N(expr, 40))))
 
 
 def sympy_equivalent(answer: str, gold: str) -> bool:
-    """math-verify's verdict on both sides in written form, then the approximation rule.
-    Runs only inside a sandbox worker process."""
+    """math-verify's verdict on both sides in written form (a decimal answer against an exact
+    gold by the rounding rule). Runs only inside a sandbox worker process."""
     from math_verify import LatexExtractionConfig, parse, verify
 
     # LaTeX extraction only: math-verify's plain-expression extractor hands text to sympy's
@@ -193,6 +210,6 @@ def sympy_equivalent(answer: str, gold: str) -> bool:
     gold_parsed = parse(as_latex[1], latex_only, parsing_timeout=None)
     if not gold_parsed or not answer_parsed:
         return False
-    if verify(gold_parsed, answer_parsed, timeout_seconds=None):
-        return True
-    return _approximates_exact(a, gold_parsed)
+    if (verdict := _decimal_verdict(a, gold_parsed)) is not None:
+        return verdict
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))

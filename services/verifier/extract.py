@@ -17,7 +17,7 @@ import re
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _MAX_PARTS = 10
 # what may stand between two parts of one answer: "2 and 3", "x = 2 or x = 3", "1, 2, and 3"
-_JOINER = re.compile(r"\s*(?:,|;|,?\s*and|,?\s*or|\\text\{\s*(?:,|and|or)\s*\}|\\quad|\\qquad)?\s*"
+_JOINER = re.compile(r"(?:\s|,|;|\b(?:and|or)\b|\\text\{\s*,?\s*(?:and|or)?\s*\}|\\q?quad\b|\\[,;:]|~)*"
                      r"(?:[A-Za-z](?:_\{?\w+\}?)?\s*=\s*)?", re.IGNORECASE)
 _MATH_DELIMS = re.compile(r"\$\$|\\\[|\\\]|\\\(|\\\)|(?<!\\)\$")
 
@@ -77,16 +77,18 @@ def last_boxed(text: str) -> str | None:
 def _math_spans(text: str) -> list[tuple[int, int, int, int]]:
     """(start, content start, content end, end) of each ``$..$``, ``$$..$$``, ``\\(..\\)``,
     ``\\[..\\]`` in one pass. A ``$`` with no partner on its line is a currency sign."""
-    spans, opened = [], None
+    spans, opened, line_end = [], None, -1
     for m in _MATH_DELIMS.finditer(text):
         tok = m.group()
         if opened is None:
             if tok in ("$", "$$", "\\(", "\\["):
                 opened = m
+                line_end = text.find("\n", m.end())  # once per opening: no rescans
             continue
         want = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}[opened.group()]
-        if opened.group() == "$" and "\n" in text[opened.end():m.start()]:
+        if opened.group() == "$" and 0 <= line_end < m.start():
             opened = m if tok in ("$", "$$", "\\(", "\\[") else None  # a lone "$" was currency
+            line_end = text.find("\n", m.end()) if opened is not None else -1
             continue
         if tok == want:
             spans.append((opened.start(), opened.end(), m.start(), m.end()))
@@ -123,7 +125,8 @@ def _last_number(text: str) -> tuple[str, int] | None:
 
 
 _ANCHOR = re.compile(r"final answer|the answer|answer[ \t]*:|^[ \t]*####", re.IGNORECASE | re.MULTILINE)
-_AFTER_ANCHOR = re.compile(r"[\s*:]*(?:(?:is|was|would be|will be|=)\b[\s*:]*)?")
+_AFTER_ANCHOR = re.compile(r"[\s*:]*(?:(?:is|was|would be|will be|=)(?![a-zA-Z])[\s*:]*)?")
+_VERB = re.compile(r"[\s*]*(?::|is\b|was\b|would be\b|will be\b|=)")
 _WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
 
 
@@ -132,6 +135,8 @@ def _announced(text: str) -> str | None:
     anchors = list(_ANCHOR.finditer(text))
     for anchor in reversed(anchors[-5:]):
         i = anchor.end()
+        if anchor.group().lower() == "the answer" and not _VERB.match(text, i):
+            continue  # "to find the answer, first ...", "12 is the answer to the problem"
         i = _AFTER_ANCHOR.match(text, i).end()
         window = text[i:i + 400]
         formula = _math_spans(window)

@@ -5,6 +5,7 @@ Each is a separate reward component; the scorer combines them with the configure
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections import Counter
 
@@ -28,18 +29,18 @@ def garbled_share(text: str, scripts: tuple[str, ...]) -> float:
     """Share of characters outside ASCII, whitespace and the allowed scripts/math symbols."""
     if not text:
         return 0.0
-    bad = 0
-    for ch in text:
-        if ch.isascii():
-            bad += not (ch.isprintable() or ch in "\n\t\r")
-            continue
-        cat = unicodedata.category(ch)
-        if cat.startswith("C") or ch == "\ufffd":  # control, unassigned, replacement characters
-            bad += 1
-            continue
-        if cat in ("Sm", "Zs", "Pd", "Pi", "Pf", "Po"):  # math symbols, spaces, punctuation
-            continue
-        name = unicodedata.name(ch, "")
-        if not any(name.startswith(script) for script in scripts):
-            bad += 1
-    return bad / len(text)
+    # each distinct character is judged once: a 200k-character response has few of them
+    return sum(n for ch, n in Counter(text).items() if _garbled(ch, scripts)) / len(text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _garbled(ch: str, scripts: tuple[str, ...]) -> bool:
+    if ch.isascii():
+        return not (ch.isprintable() or ch in "\n\t\r")
+    cat = unicodedata.category(ch)
+    if cat.startswith("C") or ch == "\ufffd":  # control, unassigned, replacement characters
+        return True
+    if cat in ("Sm", "Zs", "Pd", "Pi", "Pf", "Po"):  # math symbols, spaces, punctuation
+        return False
+    name = unicodedata.name(ch, "")
+    return not any(name.startswith(script) for script in scripts)

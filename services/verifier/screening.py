@@ -23,9 +23,15 @@ _MAX_TERMS = 10_000
 _BIG_SUM = re.compile(r"\\(?:sum|prod)\s*_\s*(?:\{[^{}]*\}|\S)\s*\^\s*")
 
 
+_OPERAND_REACH = 200  # an operand is looked for this far back: one scan per "!" stays bounded
+
+
 def _group_before(text: str, end: int) -> str | None:
     """The operand that ends just before ``end``: a digit run, or a bracketed group
-    (``(...)``, ``{...}``, ``[...]``, ``\\left(...\\right)``)."""
+    (``(...)``, ``{...}``, ``[...]``, ``\\left(...\\right)``) that opens within
+    _OPERAND_REACH characters (a longer one is not judged here; it looks expensive and takes the
+    slow lane)."""
+    floor = max(-1, end - 1 - _OPERAND_REACH)
     i = end - 1
     while i >= 0 and text[i] == " ":
         i -= 1
@@ -33,12 +39,12 @@ def _group_before(text: str, end: int) -> str | None:
         return None
     if text[i].isdigit():
         j = i
-        while j >= 0 and (text[j].isdigit() or text[j] == "."):
+        while j > floor and (text[j].isdigit() or text[j] == "."):
             j -= 1
         return text[j + 1:i + 1]
     if text[i] in _CLOSE:
         depth, j = 0, i
-        while j >= 0:
+        while j > floor:
             if text[j] in _CLOSE:
                 depth += 1
             elif text[j] in _OPEN:

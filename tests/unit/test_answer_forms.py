@@ -78,10 +78,28 @@ def test_fast_path_verdicts(answer, gold, verdict):
     assert fast_equivalent(answer, gold) is verdict
 
 
+@pytest.mark.parametrize("answer,gold,verdict", [
+    # a hedge is not an answer; a list joined by words is a list
+    ("5 or more", "5", False), ("5\\text{ or more}", "5", False), ("4\\text{ or five}", "4", False),
+    ("B \\text{ (or C)}", "\\text{(B)}", False), ("x = 3 \\text{ or } x = 5", "5", False),
+    ("x = 3 \\text{ or } x = 5", "3, 5", True), ("x_1=-2 \\quad x_2=3", "-2, 3", True),
+    ("x \\not= 5", "5", None), ("4 \\approx 5", "4", False), ("\\approx 0.333", "\\frac{1}{3}", True),
+    # percent: one side's reading, never both divided
+    ("0.25\\%", "25\\%", False), ("50\\%", "0.5", True), ("33.3\\%", "\\frac{1}{3}", False),
+    # golds are read strictly, answers by the gold's shape
+    ("-1.4", "-1,4", False), ("-1,4", "-1,4", True), ("-1,4", "-1.4", True), ("0,125", "125", False),
+    ("1,\\!000", "1000", True), ("3+4\\mathrm{i}", "7", None), ("3 \\text{ times}", "3", True),
+    ("5 xy", "5", None), ("4", "-1, 4", False), ("1, 4", "4", False),
+])
+def test_hedges_lists_percent_and_strict_golds(answer, gold, verdict):
+    assert fast_equivalent(answer, gold) is verdict
+
+
 @pytest.mark.parametrize("text,mode,expected", [
     # several boxes joined by "and" / "," / "or" are one answer; a sentence between them is not
     ("The roots are \\boxed{2} and \\boxed{3}.", "boxed", "2, 3"),
     ("So $x = \\boxed{-1}$ or $x = \\boxed{4}$.", "boxed", "-1, 4"),
+    ("\\boxed{-2} \\quad \\text{and} \\quad \\boxed{3}", "boxed", "-2, 3"),
     ("\\boxed{1}, \\boxed{2}, and \\boxed{3}", "boxed", "1, 2, 3"),
     ("First \\boxed{3}, but that fails. So \\boxed{5}.", "boxed", "5"),
     ("\\boxed{\\boxed{5}}", "boxed", "5"),
@@ -96,6 +114,7 @@ def test_fast_path_verdicts(answer, gold, verdict):
     ("Cost: $5 each\nso $x = 2$", "lenient", "x = 2"),
     ("The roots are $x = \\frac{1}{2}$ and $x = \\frac{3}{2}$.", "lenient", "x = \\frac{1}{2}, x = \\frac{3}{2}"),
     ("#### 10", "lenient", "10"),
+    ("To find the answer, first note there are 3 boxes of 4, so 12 in all.", "lenient", "12"),
     ("Thus the vector is \\[\\begin{pmatrix} 3 \\\\ -1 \\end{pmatrix}.\\]", "lenient",
      "\\begin{pmatrix} 3 \\\\ -1 \\end{pmatrix}"),
     ("no answer here at all", "lenient", None),
