@@ -15,6 +15,7 @@ String work only, in the server process: no parser ever runs here.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -81,6 +82,7 @@ class Form:
 
 
 _TAIL = 80  # units, percent and degree signs are short: the suffix patterns look no further
+_SUFFIX_CHARS = re.compile(r"[A-Za-z%°.…]")
 
 
 def _suffix(s: str, pattern: re.Pattern) -> int | None:
@@ -88,10 +90,13 @@ def _suffix(s: str, pattern: re.Pattern) -> int | None:
     Searched in the last _TAIL characters only: a search from every position of a long hostile
     answer would be quadratic."""
     start = max(0, len(s) - _TAIL)
+    if not _SUFFIX_CHARS.search(s, start):
+        return None  # every suffix pattern needs one of these: most answers end in digits
     m = pattern.search(s, start)
     return m.start() if m and m.start() > 0 else None
 
 
+@functools.lru_cache(maxsize=8192)  # the K samples of a prompt share a gold, and often an answer
 def written_form(text: str) -> Form:
     """The answer with its delimiters, units, currency and degree sign gone; percent as a flag."""
     s = text.strip()
@@ -194,19 +199,23 @@ _THOUSANDS = re.compile(r"^[+-]?[1-9]\d{0,2}(?:(?:,|\{,\}| )\d{3})+(?:\.\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^([+-]?\d+)(?:,|\{,\})(\d+)$")
 _SCIENTIFIC = re.compile(rf"^({_DECIMAL})(?:[eE]([+-]?\d{{1,3}})|(?:\\times|\\cdot)10\^\{{?([+-]?\d{{1,3}})\}}?)$")
 _POWER_OF_TEN = re.compile(r"^10\^\{?([+-]?\d{1,3})\}?$")
+_WHITESPACE = re.compile(r"\s+")
+_LIST_COMMA = re.compile(r",\s")
+_PLAIN_DECIMAL = re.compile(r"[+-]?\d*\.\d+")
 _LOOSE_SPACE = re.compile(r"(?<!\d) | (?!\d)")  # a (single) space not between two digits
 
 
+@functools.lru_cache(maxsize=16384)
 def canonical_number(text: str, decimal_comma: bool = True) -> str | None:
     """The numeric text with its separators read (``1\\,000`` -> ``1000``, ``3,5`` -> ``3.5``);
     None when it is not written as a plain number. ``decimal_comma=False`` (how golds are read:
     MATH writes the roots 1 and 4 as ``1,4``) takes a comma that is not a thousands separator for
     a list."""
-    s = re.sub(r"\s+", " ", _SPACING.sub(" ", text.replace("$", ""))).strip()
+    s = _WHITESPACE.sub(" ", _SPACING.sub(" ", text.replace("$", ""))).strip()
     s = _STYLE.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     if _THOUSANDS.match(s):
         return s.replace("{,}", "").replace(",", "").replace(" ", "")
-    if re.search(r",\s", s):
+    if _LIST_COMMA.search(s):
         return None  # "1, 2" is a list, not a decimal comma
     s = _LOOSE_SPACE.sub("", s)
     if decimal_comma and (m := _DECIMAL_COMMA.match(s)) and (
@@ -215,6 +224,7 @@ def canonical_number(text: str, decimal_comma: bool = True) -> str | None:
     return s if " " not in s else None
 
 
+@functools.lru_cache(maxsize=16384)
 def normalize_number(text: str, decimal_comma: bool = True) -> Fraction | None:
     """Exact value of a plain numeric answer, or None if it is anything more than a number."""
     s = canonical_number(text, decimal_comma)
@@ -248,7 +258,7 @@ def decimal_places(text: str) -> tuple[int, int] | None:
     """(decimals, significant digits) of an answer written as a decimal, e.g. ``0.333`` -> (3, 3);
     None for integers, fractions and anything else."""
     s = canonical_number(text)
-    if s is None or not re.fullmatch(r"[+-]?\d*\.\d+", s):
+    if s is None or not _PLAIN_DECIMAL.fullmatch(s):
         return None
     whole, frac = s.lstrip("+-").split(".")
     return len(frac), len((whole + frac).lstrip("0"))

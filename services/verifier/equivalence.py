@@ -95,6 +95,9 @@ def _forms(answer: str, gold: str) -> tuple[Form, Form]:
 def fast_equivalent(answer: str, gold: str) -> bool | None:
     """True/False when both sides are plain numbers, or sets, lists, intervals, tuples or matrices
     of them; None when the slow path must decide."""
+    av, gv = normalize_number(answer), normalize_number(gold, decimal_comma=False)
+    if av is not None and gv is not None:  # the common case, plain numbers as they stand
+        return _numbers_match(Form(answer), av, Form(gold), gv)
     a, g = _forms(answer, gold)
     if hedged(a.text) and not hedged(g.text):
         return False  # "5 or more", "at most 4", "4 or five": not one answer

@@ -6,6 +6,7 @@ Each is a separate reward component; the scorer combines them with the configure
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from collections import Counter
 
@@ -25,10 +26,15 @@ def is_repetitive(text: str, n: int = 4, max_share: float = 0.5, min_words: int 
     return len(text.split()) >= min_words and repetition_share(text, n) > max_share
 
 
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def garbled_share(text: str, scripts: tuple[str, ...]) -> float:
     """Share of characters outside ASCII, whitespace and the allowed scripts/math symbols."""
     if not text:
         return 0.0
+    if text.isascii():  # the common case, at C speed: only control characters are garbled
+        return len(_ASCII_CONTROL.findall(text)) / len(text)
     # each distinct character is judged once: a 200k-character response has few of them
     return sum(n for ch, n in Counter(text).items() if _garbled(ch, scripts)) / len(text)
 

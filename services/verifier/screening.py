@@ -8,6 +8,7 @@ are absurd on their face. A rejected answer is a verdict (wrong), with the reaso
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import re
 
@@ -157,6 +158,7 @@ def power_tower_height(text: str) -> int:
     return best
 
 
+@functools.lru_cache(maxsize=8192)  # a prompt's K samples share a gold
 def screen_answer(answer: str, max_chars: int, max_nesting: int, max_tower: int = 3) -> str | None:
     """None if the answer may be parsed; otherwise why not."""
     if len(answer) > max_chars:
