@@ -7,8 +7,9 @@
 3. Hugging Face ``generate``, one static batch (prompts x K, left padding), same settings, the
    same number of torch threads as vLLM's CPU backend uses here (1).
 4. Weight sync, announcement -> serving (hash check + in-place reload + prefix-cache reset, the
-   engine paused), for the tiny model and for a randomly initialised model with the
-   Qwen2.5-0.5B shape, vs a plain read of the same safetensors bytes.
+   engine paused, then the gate: the engine's log-probs of the trainer's probe), for the tiny
+   model and for a randomly initialised model with the Qwen2.5-0.5B shape, vs a plain read of
+   the same safetensors bytes; the gate's share of the sync.
 """
 
 from __future__ import annotations
@@ -74,34 +75,55 @@ def service(model_dir: Path, texts: list[str], redis_url: str) -> tuple[float, i
         tokens += sum(len(x.token_ids) for e in entries for x in e.msg.samples)
     seconds = time.perf_counter() - t0
     # weight sync of the tiny model through the same worker (announce -> serving)
-    sync = sync_latency(engine, worker, s, model_dir, weights)
+    sync = sync_latency(engine, worker, s, model_dir, weights, probe=model_probe(model_dir, "float32"))
     engine.loop.loop.call_soon_threadsafe(worker.stop)
     running.result()
     engine.shutdown()
     return seconds, tokens, sync
 
 
-def sync_latency(engine, worker, s, model_dir: Path, weights, repeats: int = 3) -> dict:
+def model_probe(model_dir: Path, dtype: str):
+    """The trainer's probe of a model directory (what ``trainer.weight_probe_*`` publishes)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from services.common.weight_probe import WeightProbe, probe_logprobs, probe_token_ids
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    ids = probe_token_ids(model.config.vocab_size, 4, 32)
+    return WeightProbe(token_ids=ids, logprobs=probe_logprobs(model, ids))
+
+
+def sync_latency(engine, worker, s, model_dir: Path, weights, repeats: int = 3, probe=None) -> dict:
+    """Announcement -> serving, the median of ``repeats``; with ``probe``, the gate runs too and
+    its share of the sync is reported."""
     import shutil
 
     from services.common.schemas import WeightAnnouncement
 
     wdir = Path(tempfile.mkdtemp(prefix="bench-w-"))
-    times = []
+    times, gates = [], []
     for _ in range(repeats):
         version = worker.version + 1
         final = weights.version_dir(wdir, version)
         shutil.copytree(model_dir, final)
         digest = weights.payload_sha256(final)
         t0 = time.perf_counter()
-        weights.announce(s, WeightAnnouncement(version=version, uri=str(final), sha256=digest, step=version))
+        weights.announce(s, WeightAnnouncement(version=version, uri=str(final), sha256=digest, step=version,
+                                               probe=probe))
         while worker.version < version:
             time.sleep(0.002)
         times.append(time.perf_counter() - t0)
+        if probe is not None:
+            gates.append((worker.last_sync["gate_seconds"], worker.last_sync["gate_max_difference"]))
     nbytes = worker.last_sync["bytes"]
     shutil.rmtree(wdir, ignore_errors=True)
-    return {"seconds": sorted(times)[len(times) // 2], "bytes": nbytes,
-            "read_seconds": plain_read_seconds(model_dir)}
+    out = {"seconds": sorted(times)[len(times) // 2], "bytes": nbytes,
+           "read_seconds": plain_read_seconds(model_dir)}
+    if gates:
+        out |= {"gate_seconds": sorted(g[0] for g in gates)[len(gates) // 2],
+                "gate_max_difference": max(g[1] for g in gates)}
+    return out
 
 
 def plain_read_seconds(model_dir: Path) -> float:
@@ -176,16 +198,18 @@ def qwen_shape_sync(tokenizer_src: Path) -> dict:
     model.save_pretrained(model_dir, safe_serialization=True)
     weights.copy_tokenizer_files(tokenizer_src, model_dir)
     del model
+    probe = model_probe(model_dir, "bfloat16")  # the HF forward in bf16, as a bf16 trainer's
     gc.collect()
     print(f"qwen2.5-0.5B-shaped random model built in {time.perf_counter() - t0:.0f}s", flush=True)
     redis = EmbeddedRedis(root / "redis").start()
     try:
         s = streams.Streams(streams.connect(redis.url), prefix="bench-q")
-        gcfg = gen_config(dtype="bfloat16", kv_cache_gib=1)
+        # bf16 on both sides, through different kernels: the gate's tolerance for bf16
+        gcfg = gen_config(dtype="bfloat16", kv_cache_gib=1, weight_gate_tolerance=0.1)
         engine = RolloutEngine(str(model_dir), gcfg)
         worker = GeneratorWorker(s, engine, "bench-q", gcfg, block_ms=50)
         running = engine.loop.submit(worker.run())
-        sync = sync_latency(engine, worker, s, model_dir, weights, repeats=2)
+        sync = sync_latency(engine, worker, s, model_dir, weights, repeats=2, probe=probe)
         engine.loop.loop.call_soon_threadsafe(worker.stop)
         running.result()
         engine.shutdown()
@@ -224,7 +248,9 @@ def main() -> None:
             continue
         print(f"weight sync {label}: {sync['bytes'] / 1e6:.1f} MB, announce->serving "
               f"{sync['seconds']:.3f}s ({sync['bytes'] / sync['seconds'] / 1e6:.0f} MB/s); plain read "
-              f"{sync['read_seconds']:.3f}s ({sync['bytes'] / sync['read_seconds'] / 1e6:.0f} MB/s)")
+              f"{sync['read_seconds']:.3f}s ({sync['bytes'] / sync['read_seconds'] / 1e6:.0f} MB/s); "
+              f"gate {sync['gate_seconds'] * 1000:.0f} ms of it, max |log-prob difference| "
+              f"{sync['gate_max_difference']:.2g}")
     print(f"bench wall clock {time.perf_counter() - t_start:.0f}s")
     svc_rate, off_rate, hf_rate = svc_tok / svc_s, off_tok / off_s, hf_tok / hf_s
     print(f"RESULT generator_vs_offline_vllm {svc_rate / off_rate:.2f} x vs offline-vllm")
@@ -234,6 +260,8 @@ def main() -> None:
     if qwen is not None:
         print(f"RESULT weight_sync_seconds_qwen05b_shape {qwen['seconds']:.3f} s vs plain-read "
               f"{qwen['read_seconds']:.3f}")
+        print(f"RESULT weight_gate_share_of_sync_qwen05b_shape {qwen['gate_seconds'] / qwen['seconds']:.3f} "
+              "fraction vs goal-0.05")
         print(f"RESULT weight_sync_bytes_per_s_vs_read "
               f"{qwen['read_seconds'] / qwen['seconds']:.2f} x vs plain-read")
 

@@ -128,8 +128,11 @@ def status(run_dir: Annotated[str, typer.Option(help="run directory of `t1 up`/`
     table.add_column("value")
     ann = weights.latest(s)
     table.add_row("latest weights", f"v{ann.version}" if ann else "none")
+    syncs = {k.decode(): json.loads(v) for k, v in s.r.hgetall(s.key("generators:sync")).items()}
     for name, v in sorted(s.r.hgetall(s.key("generators")).items()):
         table.add_row(f"generator {name.decode()}", f"serving v{v.decode()}")
+        if (sync := syncs.get(name.decode())) is not None:
+            table.add_row(f"generator {name.decode()} last sync", sync_summary(sync))
     for stream in (streams.PROMPTS, streams.ROLLOUTS, streams.SCORED, streams.DEAD):
         table.add_row(f"stream {stream}", str(s.length(stream)))
     for k, v in sorted(Ledger(s).counts().items()):
@@ -138,6 +141,15 @@ def status(run_dir: Annotated[str, typer.Option(help="run directory of `t1 up`/`
     for rec in steps:
         table.add_row(f"step {rec['step']}", f"reward {rec['reward_mean']:.3f} acc {rec['accuracy']:.3f}")
     Console().print(table)
+
+
+def sync_summary(sync: dict) -> str:
+    """A generator's latest weight sync, as ``t1 status`` shows it."""
+    if not sync.get("passed"):
+        return f"[red]v{sync['version']} refused[/red]: {sync.get('reason', '?')}"
+    gate = (f", gate max |Δ| {sync['gate_max_difference']:.2g} in {sync['gate_seconds'] * 1000:.0f} ms"
+            if "gate_max_difference" in sync else ", no probe")
+    return f"v{sync['version']} in {sync['seconds']:.2f} s{gate}"
 
 
 @app.command()

@@ -108,10 +108,12 @@ class GeneratorConfig(Section):
     # On a new weight version: finish the groups in flight first, or abort them (their prompts
     # go back to the prompts stream) and load at once.
     sync_mode: Literal["finish", "abort"] = "finish"
-    weight_transport: Literal["filesystem", "nccl"] = "filesystem"  # nccl: GPU clusters only
-    nccl_master: str | None = None  # host:port of the trainer's NCCL rendezvous
-    nccl_world_size: int = 0  # trainer rank 0 + every generator
-    nccl_rank: int = 1  # this generator's rank in that group
+    weight_transport: Literal["filesystem"] = "filesystem"  # the version directories on shared storage
+    # The gate: a loaded version is served only if the engine's log-probs of the trainer's probe
+    # sequences agree with the trainer's within this (max |difference| per token, nats). 1e-4
+    # holds for fp32 on both sides; bf16 engines or trainers need about 0.1.
+    weight_gate: bool = True
+    weight_gate_tolerance: float = Field(1e-4, gt=0)
     openai_api: bool = True  # serve /v1/completions and /v1/models on the engine
     served_model_name: str | None = None  # name in the OpenAI API; default: model.path
     cpus: str = ""  # cores its processes run on: "" (all), "0,2-3", "first-half", "second-half"
@@ -209,6 +211,10 @@ class TrainerConfig(Section):
     keep_rule: Literal["all", "balanced", "max_variance"] = "all"
     keep_size: int | None = None  # M for max_variance
     checkpoint_interval: int = 1  # DeepSpeed checkpoint every N steps (0: never)
+    # The probe published with each version (weight_probe.py): this many fixed sequences of
+    # weight_probe_tokens tokens and their log-probs under the version (0: none, no gate)
+    weight_probe_sequences: int = Field(4, ge=0)
+    weight_probe_tokens: int = Field(32, ge=2)
     # published weights: the newest 3 versions stay, and every Nth one too (0: none), so that
     # `t1 eval` can compare the checkpoints of a run afterwards
     keep_versions_every: int = Field(0, ge=0)

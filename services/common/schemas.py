@@ -11,6 +11,8 @@ from typing import Literal
 
 import msgspec
 
+from services.common.weight_probe import WeightProbe
+
 SCHEMA_VERSION = 1
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -71,12 +73,14 @@ class ScoredGroup(Message, tag="scored"):
 
 
 class WeightAnnouncement(Message, tag="weights"):
-    """A new policy version on shared storage: ``uri`` is a directory in HF format."""
+    """A new policy version on shared storage: ``uri`` is a directory in HF format. Its identity
+    is (version, sha256): a re-trained version keeps its number and changes its digest."""
 
     version: int
     uri: str
     sha256: str  # of the safetensors payload, checked by the generator before loading
     step: int
+    probe: WeightProbe | None = None  # the trainer's log-probs for fixed sequences (weight_probe.py)
 
 
 AnyMessage = Prompt | RolloutGroup | ScoredGroup | WeightAnnouncement

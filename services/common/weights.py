@@ -5,7 +5,6 @@ The trainer writes each policy version as a complete Hugging Face directory unde
 reader never sees a half-written version. It then announces ``{version, uri, sha256}``: the
 announcement is appended to the ``weights`` stream (history) and stored under ``weights:latest``
 (what a starting or polling generator reads). Generators check the hash before loading.
-A GPU deployment can put vLLM's NCCL weight transfer behind the same announce/load seam.
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@ the groups in flight, or abort them and put their prompts back on the prompts st
 group is generated entirely by one version; vLLM's per-token weight-version spans are checked
 on every group as a guard.
 
+A version is served only once it proves itself: after the load the engine scores the trainer's
+probe (``weight_gate.py``), and a disagreement restores the weights served before. An
+announcement is its (version, digest), so a re-trained version under a number already seen is
+loaded too.
+
 Backpressure: no prompt is admitted while the rollouts stream holds more than
 ``max_pending_rollouts`` entries the verifier has not acknowledged.
 """
@@ -19,9 +24,11 @@ Backpressure: no prompt is admitted while the rollouts stream holds more than
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
+from pathlib import Path
 
 import redis
 from prometheus_client import Counter, Gauge, Histogram
@@ -31,6 +38,7 @@ from services.common.config import GeneratorConfig
 from services.common.ledger import Ledger
 from services.common.logs import event
 from services.common.schemas import Prompt, RolloutGroup
+from services.generator import weight_gate
 from services.generator.engine import RolloutEngine
 from services.generator.transport import FilesystemReceiver, WeightReceiver
 
@@ -48,6 +56,16 @@ SYNC_SECONDS = Histogram("t1_generator_weight_sync_seconds", "announcement seen 
                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 SYNC_LAST = Gauge("t1_generator_weight_sync_last_seconds", "latest announcement seen -> serving")
 WEIGHT_ERRORS = Counter("t1_generator_weight_errors_total", "announced versions that failed to load")
+GATE_REFUSALS = Counter("t1_generator_weight_gate_refusals_total",
+                        "loaded versions whose probe log-probs disagreed with the trainer's")
+GATE_DIFFERENCE = Gauge("t1_generator_weight_gate_max_difference",
+                        "latest gate: max |log-prob difference| from the trainer's probe")
+GATE_SECONDS = Gauge("t1_generator_weight_gate_seconds", "latest gate: seconds to score the probe")
+
+
+class WeightsUnrecoverable(RuntimeError):
+    """The weights served before a refused version cannot be restored: the process must restart
+    (and start from the base model)."""
 
 
 class TokenRate:
@@ -80,11 +98,13 @@ class GeneratorWorker:
                                          visibility_timeout_s, block_ms,
                                          on_poison=Ledger(s).mark_poisoned)
         self.version = 0
+        self.digest = ""  # with the version, what is served: the base model has no digest
+        self.uri = engine.model_path
         self.inflight: dict[str, asyncio.Task] = {}  # prompt entry id -> its generation task
         self._generating: set[str] = set()  # of those, the ones waiting on the engine
         self.last_sync: dict = {}
         self.pending_rollouts = 0
-        self._failed_version = -1
+        self._failed: tuple[int, str] | None = None  # the announcement that failed to load
         self._stopping = False
         self._rate = TokenRate()
         self._report_version()
@@ -106,6 +126,8 @@ class GeneratorWorker:
                 # after the visibility timeout; keep the engine, reconnect on the next call.
                 log.warning("redis unavailable (%s); retrying in 1s", exc)
                 await asyncio.sleep(1.0)
+            except WeightsUnrecoverable:
+                raise
             except Exception:
                 log.exception("generator iteration failed")
                 await asyncio.sleep(1.0)
@@ -238,13 +260,47 @@ class GeneratorWorker:
         return True
 
     # -- weights -----------------------------------------------------------------------------
+    def _refuse(self, ann, reason: str) -> None:
+        """Keep serving what is served; this announcement is not tried again (a re-published
+        version with other bytes is a new announcement)."""
+        self._failed = (ann.version, ann.sha256)
+        WEIGHT_ERRORS.inc()
+        log.error("weights v%d %s; still serving v%d", ann.version, reason, self.version)
+        self._report_gate({"version": ann.version, "passed": False, "reason": reason,
+                           "serving": self.version})
+
+    def _report_gate(self, record: dict) -> None:
+        """The latest sync's outcome, for ``t1 status`` (a hash beside the served versions)."""
+        self.s.r.hset(self.s.key("generators:sync"), self.name, json.dumps(record))
+
+    async def _restore(self) -> None:
+        """Put back the weights served before a refused load."""
+        path = Path(self.uri)
+        if self.digest and (not path.exists()
+                            or await asyncio.to_thread(weights.payload_sha256, path) != self.digest):
+            raise WeightsUnrecoverable(
+                f"the gate refused a version and v{self.version}'s files at {path} are gone or "
+                "changed: restarting to load the newest version from scratch")
+        await self.engine.pause("wait")
+        try:
+            await self.engine.areload(str(path))
+        finally:
+            await self.engine.resume()
+
     async def maybe_update_weights(self) -> bool:
-        """Load the newest announced version if it is newer: stop admitting (the caller is the
-        admission loop), finish or abort what is in flight, pause the engine, load, reset the
-        prefix cache, report the version, resume. True if a new version is served."""
+        """Load the newest announcement if it is not what is served: stop admitting (the caller
+        is the admission loop), finish or abort what is in flight, pause the engine, load, reset
+        the prefix cache, report the version, resume. True if new weights are served.
+
+        An announcement is its (version, digest), not its number: a trainer that lost its last
+        commit re-trains and re-publishes v_n with other bytes (or, having lost more, announces
+        a version below the one served), and the generator must serve those."""
         ann = weights.latest(self.s)
-        if ann is None or ann.version <= self.version or ann.version == self._failed_version:
+        if ann is None or (ann.version, ann.sha256) in ((self.version, self.digest), self._failed):
             return False
+        if ann.version <= self.version:
+            log.warning("trainer re-published v%d (digest %s) while v%d (digest %s) is served; "
+                        "loading it", ann.version, ann.sha256[:12], self.version, self.digest[:12])
         t0 = time.monotonic()
         if self.cfg.sync_mode == "abort":
             # Cancel the groups waiting on the engine (their prompts go back on the queue), not
@@ -261,21 +317,33 @@ class GeneratorWorker:
         drained_s = time.monotonic() - t0
         try:
             nbytes = await self.receiver.load(self.engine, ann)
-            await self.engine.llm.update_weight_version(str(ann.version))
         except Exception as exc:  # keep serving the old version; the next announcement may load
-            self._failed_version = ann.version
-            WEIGHT_ERRORS.inc()
-            log.error("weights v%d not loaded, still serving v%d: %s", ann.version, self.version, exc)
-            return False
-        finally:
             await self.engine.resume()
+            self._refuse(ann, f"not loaded: {exc}")
+            return False
+        await self.engine.resume()
+        gate = None
+        if self.cfg.weight_gate and ann.probe is not None:
+            gate = await weight_gate.check(self.engine, ann.probe, self.cfg.weight_gate_tolerance)
+            GATE_DIFFERENCE.set(gate.max_difference)
+            GATE_SECONDS.set(gate.seconds)
+            if not gate.passed:
+                GATE_REFUSALS.inc()
+                await self._restore()
+                self._refuse(ann, f"failed the gate: {gate.describe()}")
+                return False
+        await self.engine.llm.update_weight_version(str(ann.version))
         seconds = time.monotonic() - t0
         SYNC_SECONDS.observe(seconds)
         SYNC_LAST.set(seconds)
-        self.version = ann.version
+        self.version, self.digest, self.uri = ann.version, ann.sha256, ann.uri
         self._report_version()
         self.last_sync = {"version": ann.version, "seconds": round(seconds, 4),
                           "drain_seconds": round(drained_s, 4), "bytes": nbytes}
+        if gate is not None:
+            self.last_sync |= {"gate_max_difference": gate.max_difference,
+                               "gate_seconds": round(gate.seconds, 4)}
+        self._report_gate({"version": ann.version, "passed": True, **self.last_sync})
         event(log, "serving new weights", **self.last_sync, mode=self.cfg.sync_mode)
         return True
 

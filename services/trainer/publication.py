@@ -19,6 +19,7 @@ from services.common.config import T1Config
 from services.common.ledger import Ledger
 from services.common.logs import event
 from services.common.schemas import WeightAnnouncement
+from services.common.weight_probe import WeightProbe
 from services.trainer.admission import Batch
 from services.trainer.step_log import StepLogger
 
@@ -42,14 +43,15 @@ class Publication:
                                        cfg.model_dump(mode="json"))
         VERSION.set(version)
 
-    def write(self, lm, version: int) -> WeightAnnouncement:
+    def write(self, lm, version: int, probe: WeightProbe | None = None) -> WeightAnnouncement:
         """The version's files (inside ``dist.full_params``: under ZeRO-3 ``lm`` then holds the
-        gathered parameters); returns the announcement to commit."""
+        gathered parameters); returns the announcement to commit, with the version's probe."""
         path, digest = weights.write_version(self.cfg.weights_dir, version,
                                              lambda p: lm.save_pretrained(p, safe_serialization=True),
                                              self.tokenizer_src,
                                              keep_every=self.cfg.trainer.keep_versions_every)
-        return WeightAnnouncement(version=version, uri=str(path.resolve()), sha256=digest, step=version)
+        return WeightAnnouncement(version=version, uri=str(path.resolve()), sha256=digest, step=version,
+                                  probe=probe)
 
     def commit(self, batch: Batch, ann: WeightAnnouncement, record: dict) -> None:
         pipe = self.s.transaction()

@@ -29,6 +29,7 @@ from services.common.config import T1Config
 from services.common.ledger import Ledger
 from services.common.logs import event
 from services.common.schemas import ScoredGroup
+from services.common.weight_probe import WeightProbe, probe_logprobs, probe_token_ids
 from services.trainer import dist
 from services.trainer.admission import Admission, Batch
 from services.trainer.anchor import Anchor
@@ -118,6 +119,9 @@ class RLTrainer:
                              version=committed, device=self.engine.device,
                              offload=self.tc.anchor_offload, chunk_tokens=self.tc.logprob_chunk_tokens)
         self.step_loss = StepLoss(self.engine, self.anchor, self.tc, pad_id)
+        self.probe_ids = (probe_token_ids(model.config.vocab_size, self.tc.weight_probe_sequences,
+                                          self.tc.weight_probe_tokens)
+                          if self.tc.weight_probe_sequences else None)
         if resume_from is not None and resume_from == committed and committed > 0:
             self.checkpoints.load(self.engine, self.anchor, resume_from)  # collective
         elif committed > 0:
@@ -148,10 +152,14 @@ class RLTrainer:
             grad_norm = self.engine.get_global_grad_norm()
             compute_s = time.monotonic() - t0
 
+        probe = None
+        if self.probe_ids is not None:  # every rank: under ZeRO-3 the forward is collective
+            probe = WeightProbe(token_ids=self.probe_ids, logprobs=probe_logprobs(
+                self.engine.module.lm, self.probe_ids, self.engine.device))
         new_version = self.version + 1
         with dist.full_params(self.engine):  # ZeRO-3: the anchor and the published files need it all
             rotated = self.anchor.maybe_rotate(self.engine.module.lm, new_version)
-            ann = self.publication.write(self.engine.module.lm, new_version) if self.main else None
+            ann = self.publication.write(self.engine.module.lm, new_version, probe) if self.main else None
         if self.tc.checkpoint_interval and new_version % self.tc.checkpoint_interval == 0:
             self.checkpoints.save(self.engine, self.anchor, new_version)  # collective
         record = step_record(

@@ -218,3 +218,63 @@ def test_a_greedy_response_cut_at_a_budget_is_the_prefix_of_the_longer_one(engin
             assert cut.token_ids == whole.token_ids[:budget]
             ended = whole.finish_reason == "stop" and len(whole.token_ids) <= budget
             assert cut.finish_reason == ("stop" if ended else "length")
+
+
+# -- the gate ---------------------------------------------------------------------------------
+def gated_version(model, src, weights_dir, version, probe_from=None):
+    """Write ``model`` as ``version`` and announce it with the probe of ``probe_from`` (default:
+    the same model, as the trainer does): a different model there is a sync gone wrong."""
+    import msgspec
+
+    from services.common.weight_probe import WeightProbe, probe_logprobs, probe_token_ids
+
+    ids = probe_token_ids(model.config.vocab_size, 4, 32)
+    probe = WeightProbe(token_ids=ids, logprobs=probe_logprobs(probe_from or model, ids))
+    path, digest = weights.write_version(weights_dir, version,
+                                         lambda p: model.save_pretrained(p, safe_serialization=True), src)
+    ann = WeightAnnouncement(version=version, uri=str(path), sha256=digest, step=version, probe=probe)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(ann), type=WeightAnnouncement) == ann
+    return ann
+
+
+def perturbed_model(src, seed):
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_the_gate_serves_a_faithful_version_and_refuses_one_tensor_off(engine, model_dir, s, tmp_path):
+    """The engine scores the trainer's probe after each load: a faithful load agrees to 1e-4
+    (fp32 both sides) and is served; a load whose bytes differ from the trainer's in one tensor
+    (the digest matches the files, so only the gate can tell) is refused, the weights served
+    before come back, and the refusal shows in the sync record that `t1 status` reads."""
+    import copy
+    import json
+
+    from services.generator import weight_gate
+
+    worker = GeneratorWorker(s, engine, "gen-gate", CFG, visibility_timeout_s=30)
+    run = engine.loop.run
+    good = perturbed_model(model_dir, seed=11)
+    ann = gated_version(good, model_dir, tmp_path / "w", 1)
+    weights.announce(s, ann)
+    assert run(worker.maybe_update_weights()) and worker.version == 1
+    assert worker.last_sync["gate_max_difference"] < 1e-4 and worker.last_sync["gate_seconds"] > 0
+
+    trainer_side = perturbed_model(model_dir, seed=12)
+    on_disk = copy.deepcopy(trainer_side)
+    with torch.no_grad():  # one tensor differs between the trainer's memory and what is loaded
+        next(p for n, p in on_disk.named_parameters() if "mlp" in n).mul_(1.5)
+    bad = gated_version(on_disk, model_dir, tmp_path / "w", 2, probe_from=trainer_side)
+    weights.announce(s, bad)
+    assert not run(worker.maybe_update_weights())
+    assert (worker.version, worker.digest) == (1, ann.sha256)
+    record = json.loads(s.r.hget(s.key("generators:sync"), "gen-gate"))
+    assert record["passed"] is False and record["version"] == 2 and "failed the gate" in record["reason"]
+    # the engine serves v1's weights again: its log-probs are the faithful probe's
+    restored = run(weight_gate.check(engine, ann.probe, 1e-4))
+    assert restored.passed, restored.describe()
+    assert not run(worker.maybe_update_weights())  # the refused announcement is not retried

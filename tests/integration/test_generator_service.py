@@ -2,6 +2,7 @@
 update protocol (finish / abort), backpressure, the OpenAI-compatible API, weight transports."""
 
 import httpx
+import msgspec
 import pytest
 
 from services.common import streams, weights
@@ -11,7 +12,6 @@ from services.common.net import free_port
 from services.common.schemas import Prompt, RolloutGroup
 from services.generator.engine import RolloutEngine
 from services.generator.http import LoopServer, add_openai_error_handlers, mount_openai
-from services.generator.transport import NcclReceiver, nccl_update_bytes, nccl_update_info
 from services.generator.worker import GeneratorWorker, unconsumed
 from tests.integration.test_generator import perturbed_version
 
@@ -161,11 +161,31 @@ def test_openai_completions_are_served_by_the_same_engine(engine, tiny_model_dir
         server.stop()
 
 
-def test_nccl_transport_refuses_a_cpu_engine_with_a_clear_error(s):
-    cfg = GeneratorConfig(weight_transport="nccl", nccl_master="10.0.0.1:29500", nccl_world_size=2)
-    with pytest.raises(RuntimeError, match="needs vLLM's CUDA build on a GPU"):
-        NcclReceiver(cfg, s)
-    info = nccl_update_info({"params": [{"name": "lm_head.weight", "dtype": "torch.bfloat16",
-                                         "shape": [8, 4]}]})
-    assert info == {"names": ["lm_head.weight"], "dtype_names": ["bfloat16"], "shapes": [[8, 4]]}
-    assert nccl_update_bytes(info) == 64
+def test_an_announcement_is_its_version_and_digest(engine, s, tmp_path, tiny_model_dir):
+    """A trainer that lost its last commit re-trains and re-publishes v1 with other bytes, or
+    falls back below the version served: the generator serves what is announced. The same
+    announcement twice is one load; one that failed to load is not retried, but the same
+    version with other (good) bytes is."""
+    worker = GeneratorWorker(s, engine, "gen-identity", CFG, visibility_timeout_s=30)
+    run = engine.loop.run
+    first = perturbed_version(tiny_model_dir, tmp_path / "a", 1, seed=5)
+    weights.announce(s, first)
+    assert run(worker.maybe_update_weights()) and (worker.version, worker.digest) == (1, first.sha256)
+    loads = engine.weight_updates
+    assert not run(worker.maybe_update_weights())  # nothing new: no reload
+    again = perturbed_version(tiny_model_dir, tmp_path / "b", 1, seed=6)
+    assert again.sha256 != first.sha256
+    weights.announce(s, again)
+    assert run(worker.maybe_update_weights()) and (worker.version, worker.digest) == (1, again.sha256)
+    assert engine.weight_updates == loads + 1
+
+    second = perturbed_version(tiny_model_dir, tmp_path / "c", 2, seed=7)
+    weights.announce(s, msgspec.structs.replace(second, sha256="0" * 64))
+    assert not run(worker.maybe_update_weights()) and worker.version == 1  # bad digest: refused
+    assert not run(worker.maybe_update_weights())  # and not retried
+    weights.announce(s, second)
+    assert run(worker.maybe_update_weights()) and (worker.version, worker.digest) == (2, second.sha256)
+
+    weights.announce(s, first)  # the trainer fell back to an older commit
+    assert run(worker.maybe_update_weights()) and (worker.version, worker.digest) == (1, first.sha256)
+    assert s.r.hget(s.key("generators"), "gen-identity") == b"1"

@@ -86,6 +86,10 @@ def test_generator_serves_the_final_version(finished_run):
         time.sleep(0.5)
     assert s.r.hget(s.key("generators"), "generator-0") == str(STEPS).encode()
     assert s.r.get(s.key("trainer:finished")) == str(STEPS).encode()
+    # every sync passed the gate: the engine's log-probs of the trainer's probe agreed
+    sync = json.loads(s.r.hget(s.key("generators:sync"), "generator-0"))
+    assert sync["passed"] and sync["version"] == STEPS, sync
+    assert sync["gate_max_difference"] < 1e-4, sync
 
 
 def test_trained_groups_respect_the_staleness_bound(finished_run):

@@ -101,6 +101,15 @@ def test_admission_bound_and_one_step_publishes_a_version(s, trainer_setup, scor
     base = load_file(str(cfg.model.path) + "/model.safetensors")
     new = load_file(ann.uri + "/model.safetensors")
     assert any(not torch.equal(base[k], new[k]) for k in base)
+    # the version's probe: the published files reproduce the trainer's log-probs of it
+    from services.common.weight_probe import max_difference, probe_logprobs
+
+    probe = ann.probe
+    assert len(probe.token_ids) == cfg.trainer.weight_probe_sequences
+    assert all(len(lp) == cfg.trainer.weight_probe_tokens - 1 for lp in probe.logprobs)
+    published = AutoModelForCausalLM.from_pretrained(ann.uri, dtype=torch.float32)
+    assert max_difference(probe.logprobs, probe_logprobs(published, probe.token_ids)) < 1e-5
+    assert max_difference(probe.logprobs, probe_logprobs(model, probe.token_ids)) > 0  # not the base's
     counts = ledger.counts()
     assert counts["trained"] == 2 and ledger.in_flight() == cap - 2
     assert s.pending_count(streams.SCORED, "trainer") == 0
