@@ -154,6 +154,14 @@ def test_two_ranks_publish_what_one_rank_publishes(stage, micro_batch_tokens, re
     assert_close(policy, published(run_dir, STEPS), rtol=0, atol=0)
     for r in range(2):
         assert_close(resumed[r], states[r], rtol=0, atol=0)
+    # the probe was computed by both ranks together (a collective forward under ZeRO-3) and is
+    # the published weights' own
+    from services.common import weights
+    from services.common.weight_probe import max_difference, probe_logprobs
+
+    ann = weights.latest(s)
+    final = AutoModelForCausalLM.from_pretrained(ann.uri, dtype=torch.float32)
+    assert max_difference(ann.probe.logprobs, probe_logprobs(final, ann.probe.token_ids)) < 1e-5
     # rank 0 alone wrote Redis: one announcement and one step record per step, each group once
     assert s.length(streams.WEIGHTS) == STEPS and len(records) == STEPS
     counts = Ledger(s).counts()
