@@ -336,14 +336,14 @@ class GeneratorWorker:
         seconds = time.monotonic() - t0
         SYNC_SECONDS.observe(seconds)
         SYNC_LAST.set(seconds)
+        sync = {"version": ann.version, "seconds": round(seconds, 4),
+                "drain_seconds": round(drained_s, 4), "bytes": nbytes}
+        if gate is not None:
+            sync |= {"gate_max_difference": gate.max_difference, "gate_seconds": round(gate.seconds, 4)}
+        self.last_sync = sync  # before the version: whoever sees the new version sees its sync
         self.version, self.digest, self.uri = ann.version, ann.sha256, ann.uri
         self._report_version()
-        self.last_sync = {"version": ann.version, "seconds": round(seconds, 4),
-                          "drain_seconds": round(drained_s, 4), "bytes": nbytes}
-        if gate is not None:
-            self.last_sync |= {"gate_max_difference": gate.max_difference,
-                               "gate_seconds": round(gate.seconds, 4)}
-        self._report_gate({"version": ann.version, "passed": True, **self.last_sync})
+        self._report_gate({"passed": True, **sync})
         event(log, "serving new weights", **self.last_sync, mode=self.cfg.sync_mode)
         return True
 
