@@ -50,13 +50,14 @@ NUMBER_WORDS = frozenset("""zero one two three four five six seven eight nine te
 _UNIT_LETTERS = frozenset("mgshLlVWAJNK")  # one-letter units (\mathrm{m}); never i or e
 _SHORT_UNITS = frozenset("m cm mm km in ft yd mi kg g mg lb lbs oz s h hr hrs ml mL L mph sq".split())
 _WORD = re.compile(r"(?<![\\a-zA-Z])[A-Za-z]+(?![a-zA-Z])")
+_UNIT_SPLIT = re.compile(r"[\s/.]+")
 
 
 def _unit_words(words: str, plain: bool) -> bool:
     """Whether ``words`` name a unit (``cm``, ``square inches``, ``m/s``, ``apples``) rather than
     qualify the answer. Plain words (outside ``\\text{}``) need three letters or a known unit
     abbreviation, so ``5 xy`` stays an expression."""
-    parts = [w for w in re.split(r"[\s/.]+", words) if w]
+    parts = [w for w in _UNIT_SPLIT.split(words) if w]
     for w in parts:
         low = w.lower()
         if low in HEDGES or low in NUMBER_WORDS:
@@ -85,15 +86,15 @@ _TAIL = 80  # units, percent and degree signs are short: the suffix patterns loo
 _SUFFIX_CHARS = re.compile(r"[A-Za-z%°.…]")
 
 
-def _suffix(s: str, pattern: re.Pattern) -> int | None:
-    """Where ``pattern`` (anchored at the end) starts in ``s``, if it leaves something before it.
-    Searched in the last _TAIL characters only: a search from every position of a long hostile
-    answer would be quadratic."""
+def _suffix(s: str, pattern: re.Pattern) -> re.Match | None:
+    """``pattern`` (anchored at the end) in ``s``, if it leaves something before it. Searched in
+    the last _TAIL characters only: a search from every position of a long hostile answer would
+    be quadratic."""
     start = max(0, len(s) - _TAIL)
     if not _SUFFIX_CHARS.search(s, start):
         return None  # every suffix pattern needs one of these: most answers end in digits
     m = pattern.search(s, start)
-    return m.start() if m and m.start() > 0 else None
+    return m if m and m.start() > 0 else None
 
 
 @functools.lru_cache(maxsize=8192)  # the K samples of a prompt share a gold, and often an answer
@@ -108,20 +109,19 @@ def written_form(text: str) -> Form:
         s = s.replace(symbol, latex)
     s = _CONSTANT.sub(r"\1", _NEGATIVE_SPACE.sub("", s))
     s = _SPACING.sub(" ", s).strip()
-    if (cut := _suffix(s, _TRAILING_DOTS)) is not None:
-        s = s[:cut]
+    if (m := _suffix(s, _TRAILING_DOTS)) is not None:
+        s = s[:m.start()]
     s = s.strip().rstrip(".").strip()
-    cut = _suffix(s, _PERCENT)
-    percent = cut is not None
+    m = _suffix(s, _PERCENT)
+    percent = m is not None
     if percent:
-        s = s[:cut].strip()
+        s = s[:m.start()].strip()
     for _ in range(2):  # "5 \text{ cm}^2", then a unit word left before it
         for pattern in (_UNIT_GROUP, _UNIT_WORDS, _DEGREE):
-            if (cut := _suffix(s, pattern)) is None:
-                continue
-            m = pattern.search(s, cut)
-            if pattern is _DEGREE or _unit_words(m.group(1), plain=pattern is _UNIT_WORDS):
-                s = s[:cut].strip()
+            m = _suffix(s, pattern)
+            if m is not None and (pattern is _DEGREE
+                                  or _unit_words(m.group(1), plain=pattern is _UNIT_WORDS)):
+                s = s[:m.start()].strip()
     if (m := _CURRENCY.match(s)) and m.end() < len(s):
         s = s[m.end():].strip()
     return Form(s, percent)
@@ -160,10 +160,20 @@ def _top_level(text: str, sep: str) -> list[int]:
 
 
 def _equals(text: str) -> list[int]:
-    """Top-level ``=`` that are equations, not part of ``<=``, ``>=``, ``!=``, ``==``."""
+    """Top-level ``=`` that are equations, not part of ``<=``, ``>=``, ``!=``, ``==`` or
+    ``\\not=``."""
     return [i for i in _top_level(text, "=")
             if (i == 0 or text[i - 1] not in "<>!=") and (i + 1 >= len(text) or text[i + 1] != "=")
-            and not text[:i].rstrip().endswith("\\not")]  # x \not= 5
+            and not _negated(text, i)]
+
+
+def _negated(text: str, i: int) -> bool:
+    """Whether ``\\not`` (then spaces) stands just before index ``i``. Scans back over the
+    spaces only, never copies the text before ``i``: an answer of 1000 ``=`` stays linear."""
+    j = i
+    while j > 0 and text[j - 1].isspace():
+        j -= 1
+    return text.endswith("\\not", 0, j)
 
 
 def has_equation(text: str) -> bool:
