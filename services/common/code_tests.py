@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,6 +36,13 @@ _FORMS = ("assert E == L, assert L == E, assert E != L, assert E < L (<=, >, >=)
           "math.isclose(E, L, ...), assert abs(E - L) < T")
 MAX_VALUE_DEPTH = 50
 MAX_INT_DIGITS = 4300  # Python's own default limit for int <-> str
+
+
+# CPython 3.11's ast module keeps its recursion counter per interpreter, not per thread: two
+# threads parsing at once can fail with "AST constructor recursion depth mismatch" (gh-106905).
+# Tests are parsed while requests are validated, on several threads; a test is at most 10000
+# characters, so holding the lock is brief.
+_AST_LOCK = threading.Lock()
 
 
 class BadTestForm(ValueError):
@@ -75,7 +83,8 @@ def parse_test(source: str) -> Check:
     """One test string as a ``Check``; ``BadTestForm`` (a one-line reason) if it has none of
     the forms above."""
     try:
-        tree = ast.parse(source.strip(), mode="exec")
+        with _AST_LOCK:
+            tree = ast.parse(source.strip(), mode="exec")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         raise BadTestForm(f"not valid Python: {exc}") from None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):

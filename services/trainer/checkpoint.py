@@ -24,6 +24,15 @@ from services.trainer import dist
 log = logging.getLogger(__name__)
 
 
+def _python_rng(saved) -> tuple:
+    """``random.getstate()`` back from JSON. Checkpoints written before 2026-12-01 hold its repr
+    as a string; read as a literal."""
+    if isinstance(saved, str):
+        saved = ast.literal_eval(saved)
+    version, internal, gauss_next = saved
+    return int(version), tuple(internal), gauss_next
+
+
 def tag(version: int) -> str:
     return f"v{version:06d}"
 
@@ -53,7 +62,7 @@ class Checkpointer:
             return
         torch.save(anchor.state_dict(), self.root / t / "anchor.pt")
         state = {"version": version, "anchor_version": anchor.version,
-                 "torch_rng": torch.get_rng_state().tolist(), "python_rng": repr(random.getstate())}
+                 "torch_rng": torch.get_rng_state().tolist(), "python_rng": random.getstate()}  # (int, tuple of ints, float | None): JSON lists
         tmp = self.root / t / "t1_state.json.tmp"
         tmp.write_text(json.dumps(state))
         tmp.rename(self.root / t / "t1_state.json")
@@ -70,7 +79,7 @@ class Checkpointer:
         anchor.load_state_dict(torch.load(self.root / t / "anchor.pt", weights_only=True))
         state = json.loads((self.root / t / "t1_state.json").read_text())
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-        random.setstate(ast.literal_eval(state["python_rng"]))  # nested tuples of ints
+        random.setstate(_python_rng(state["python_rng"]))
         log.info("resumed from checkpoint %s (anchor v%d)", t, anchor.version)
         return state
 

@@ -7,7 +7,6 @@ are absurd on their face. A rejected answer is a verdict (wrong), with the reaso
 
 from __future__ import annotations
 
-import ast
 import functools
 import math
 import re
@@ -71,6 +70,106 @@ def _group_after(text: str, start: int) -> str | None:
     return None
 
 
+_TOKEN = re.compile(r"\s*(\d+\.?\d*|\.\d+|\*\*|[-+*/()])")
+_MAX_NESTING = 100  # Python's own parser refuses deeper brackets; so do we
+
+
+class _NotNumeric(ValueError):
+    pass
+
+
+def _digits_magnitude(number: str) -> float:
+    """log10 of max(|number|, 1), from its digits when it is too long for a float."""
+    whole = number.split(".")[0].lstrip("0")
+    if len(whole) < 300:
+        return math.log10(max(float(number), 1.0))
+    return math.log10(float(whole[:17])) + len(whole) - 17
+
+
+class _MagnitudeReader:
+    """Recursive descent over digits, + - * / ** and brackets, with Python's precedence (``**``
+    binds tighter than a unary sign on its left and is right-associative). Each rule returns the
+    log10 magnitude of its value, an upper bound. Written by hand, not with ``ast``: the verifier
+    calls it from scorer threads, and CPython 3.11's ``ast`` module is not thread-safe
+    (gh-106905, "AST constructor recursion depth mismatch")."""
+
+    def __init__(self, text: str):
+        self.tokens, pos = [], 0
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if not m:
+                if text[pos:].strip():
+                    raise _NotNumeric(text[pos:pos + 10])
+                break
+            self.tokens.append(m.group(1))
+            pos = m.end()
+        self.i = 0
+        self.depth = 0
+
+    def _peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def _take(self) -> str:
+        tok = self._peek()
+        if tok is None:
+            raise _NotNumeric("ends early")
+        self.i += 1
+        return tok
+
+    def read(self) -> float:
+        value = self._sum()
+        if self._peek() is not None:
+            raise _NotNumeric(self._peek())
+        return value
+
+    def _sum(self) -> float:
+        value = self._product()
+        while self._peek() in ("+", "-"):
+            self._take()
+            value = max(value, self._product()) + 0.31  # at most twice the larger
+        return value
+
+    def _product(self) -> float:
+        value = self._signed()
+        while self._peek() in ("*", "/"):
+            op = self._take()
+            right = self._signed()
+            value = value + right if op == "*" else value
+        return value
+
+    def _signed(self) -> float:
+        while self._peek() in ("+", "-"):  # a sign leaves the magnitude alone
+            self._take()
+        return self._power()
+
+    def _power(self) -> float:
+        base = self._atom()
+        if self._peek() != "**":
+            return base
+        self._take()
+        self.depth += 1
+        if self.depth > _MAX_NESTING:
+            raise _NotNumeric("nested too deep")
+        exponent = self._signed()  # right-associative: 2**3**2 is 2**(3**2)
+        self.depth -= 1
+        return math.inf if exponent > 15 else base * 10 ** exponent
+
+    def _atom(self) -> float:
+        tok = self._take()
+        if tok == "(":
+            self.depth += 1
+            if self.depth > _MAX_NESTING:
+                raise _NotNumeric("nested too deep")
+            value = self._sum()
+            if self._take() != ")":
+                raise _NotNumeric("unclosed bracket")
+            self.depth -= 1
+            return value
+        if tok[0].isdigit() or tok[0] == ".":
+            return _digits_magnitude(tok)
+        raise _NotNumeric(tok)
+
+
 def numeric_magnitude(latex: str) -> float | None:
     """log10 of |value| of a purely numeric LaTeX expression (digits, + - * / ^, brackets),
     computed on magnitudes only, so ``10^{10^{8}}`` costs nothing; None when it is not purely
@@ -80,29 +179,8 @@ def numeric_magnitude(latex: str) -> float | None:
     if not s.strip() or re.search(r"[^0-9.+\-*/() ]", s):
         return None
     try:
-        tree = ast.parse(s, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-
-    def mag(node) -> float:  # log10 magnitude, an upper bound
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return math.log10(max(abs(node.value), 1))
-        if isinstance(node, ast.UnaryOp):
-            return mag(node.operand)
-        if isinstance(node, ast.BinOp):
-            a, b = mag(node.left), mag(node.right)
-            if isinstance(node.op, ast.Pow):
-                return math.inf if b > 15 else a * 10 ** b
-            if isinstance(node.op, ast.Mult):
-                return a + b
-            if isinstance(node.op, ast.Div):
-                return a
-            return max(a, b) + 0.31  # + or -: at most twice the larger
-        raise ValueError("not numeric")
-
-    try:
-        return mag(tree.body)
-    except (ValueError, OverflowError, RecursionError):
+        return _MagnitudeReader(s).read()
+    except (_NotNumeric, OverflowError, RecursionError):
         return None
 
 

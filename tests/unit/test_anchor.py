@@ -42,3 +42,19 @@ def test_state_roundtrip():
     other = Anchor(torch.nn.Linear(3, 2), interval=2)
     other.load_state_dict(a.state_dict())
     assert other.version == 4 and torch.equal(other.model.weight, a.model.weight)
+
+
+def test_python_rng_state_survives_json_both_forms():
+    """The checkpoint keeps random.getstate() as JSON lists; older checkpoints kept its repr."""
+    import json
+    import random
+
+    from services.trainer.checkpoint import _python_rng
+
+    random.seed(11)
+    random.gauss(0, 1)  # a pending gauss_next makes the third field a float
+    state = random.getstate()
+    expected = [random.random() for _ in range(3)]
+    for saved in (json.loads(json.dumps(state)), repr(state)):
+        random.setstate(_python_rng(saved))
+        assert [random.random() for _ in range(3)] == expected

@@ -128,3 +128,57 @@ def test_expensive_looking_answers_get_the_slow_lane(answer, costly):
     from services.verifier.screening import expensive_looking
 
     assert expensive_looking(answer) == costly
+
+
+def test_numeric_magnitude_bounds_the_value_python_computes():
+    """The hand-written reader against Python's own arithmetic on random small expressions: its
+    log10 magnitude is an upper bound of the true one (and exact for a lone number)."""
+    import math
+    import random
+
+    from services.verifier.screening import numeric_magnitude
+
+    rng = random.Random(7)
+
+    def expr(depth=0):
+        if depth > 3 or rng.random() < 0.4:
+            return rng.choice(["2.0", "3.0", "7.5", "12.0", "1.25", "100.0"])  # floats: eval stays quick
+        if rng.random() < 0.2:
+            return "{" + expr(depth + 1) + "}"
+        if rng.random() < 0.2:  # the bound takes a divisor to be >= 1: a plain number is
+            return expr(depth + 1) + "/" + rng.choice(["2.0", "12.0"])
+        return expr(depth + 1) + rng.choice(["+", "-", "*", "^"]) + expr(depth + 1)
+
+    checked = 0
+    for _ in range(3000):
+        e = expr()
+        try:
+            value = eval(e.replace("{", "(").replace("}", ")").replace("^", "**"))  # numbers >= 1 only: the bound assumes it
+        except (ZeroDivisionError, OverflowError):
+            continue
+        if isinstance(value, complex) or abs(value) > 1e300 or "^" in e and "-" in e:  # 2^{-9}
+            continue
+        got = numeric_magnitude(e)
+        assert got is not None, e
+        assert got >= math.log10(max(abs(value), 1)) - 1e-9, e
+        checked += 1
+    assert checked > 2000
+    assert numeric_magnitude("123456") == pytest.approx(math.log10(123456))
+    assert numeric_magnitude("9" * 1000) == pytest.approx(1000)  # no float overflow
+    assert numeric_magnitude("10^{10^{8}}") == pytest.approx(1e8) and numeric_magnitude("2^{10^{16}}") == math.inf
+    assert numeric_magnitude("-2^{3}") == pytest.approx(math.log10(8))
+    for not_numeric in ["x+1", "2 3", "(2", "2)", "()", "2^", "1.2.3", "\\sqrt{2}", "(" * 150 + "2" + ")" * 150]:
+        assert numeric_magnitude(not_numeric) is None, not_numeric
+
+
+def test_numeric_magnitude_is_safe_from_many_threads():
+    """Scorer threads call it at once; the reader shares no state (CPython 3.11's ast module
+    does, gh-106905)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.verifier.screening import numeric_magnitude
+
+    exprs = ["{" * 40 + f"{i}^{{2}}*3" + "}" * 40 for i in range(2, 400)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(numeric_magnitude, exprs * 5))
+    assert got == [numeric_magnitude(e) for e in exprs] * 5
