@@ -133,6 +133,8 @@ def status(run_dir: Annotated[str, typer.Option(help="run directory of `t1 up`/`
         table.add_row(f"generator {name.decode()}", f"serving v{v.decode()}")
         if (sync := syncs.get(name.decode())) is not None:
             table.add_row(f"generator {name.decode()} last sync", sync_summary(sync))
+    if (raw := s.r.get(s.key("trainer:broadcast"))) is not None:
+        table.add_row("trainer last broadcast", broadcast_summary(json.loads(raw)))
     for stream in (streams.PROMPTS, streams.ROLLOUTS, streams.SCORED, streams.DEAD):
         table.add_row(f"stream {stream}", str(s.length(stream)))
     for k, v in sorted(Ledger(s).counts().items()):
@@ -149,7 +151,17 @@ def sync_summary(sync: dict) -> str:
         return f"[red]v{sync['version']} refused[/red]: {sync.get('reason', '?')}"
     gate = (f", gate max |Δ| {sync['gate_max_difference']:.2g} in {sync['gate_seconds'] * 1000:.0f} ms"
             if "gate_max_difference" in sync else ", no probe")
-    return f"v{sync['version']} in {sync['seconds']:.2f} s{gate}"
+    via = f" by {sync['via']}" if "via" in sync else ""
+    return f"v{sync['version']}{via} in {sync['seconds']:.2f} s{gate}"
+
+
+def broadcast_summary(result: dict) -> str:
+    """The trainer's latest weight broadcast, as ``t1 status`` shows it."""
+    if result.get("ok"):
+        return (f"v{result['version']} to {len(result['members'])} generator(s), "
+                f"{result['bytes'] / 1e6:.1f} MB in {result['seconds']:.2f} s")
+    return (f"[red]v{result['version']} given up[/red] after {result['seconds']:.1f} s: "
+            f"{result.get('reason', '?')} (absent: {', '.join(result.get('absent', [])) or 'none'})")
 
 
 @app.command()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS_DIR = REPO_ROOT / "configs"
@@ -108,7 +108,10 @@ class GeneratorConfig(Section):
     # On a new weight version: finish the groups in flight first, or abort them (their prompts
     # go back to the prompts stream) and load at once.
     sync_mode: Literal["finish", "abort"] = "finish"
-    weight_transport: Literal["filesystem"] = "filesystem"  # the version directories on shared storage
+    # filesystem: load each version's directory on shared storage; collective: receive it from
+    # the trainer's memory over a torch.distributed group (needs trainer.weight_broadcast; the
+    # files stay the fallback for a version the trainer did not send this generator)
+    weight_transport: Literal["filesystem", "collective"] = "filesystem"
     # The gate: a loaded version is served only if the engine's log-probs of the trainer's probe
     # sequences agree with the trainer's within this (max |difference| per token, nats). 1e-4
     # holds for fp32 on both sides; bf16 engines or trainers need about 0.1.
@@ -215,6 +218,16 @@ class TrainerConfig(Section):
     # weight_probe_tokens tokens and their log-probs under the version (0: none, no gate)
     weight_probe_sequences: int = Field(4, ge=0)
     weight_probe_tokens: int = Field(32, ge=2)
+    # The collective weight transport (weight_broadcast.py): after each commit, rank 0 broadcasts
+    # the version to the generators registered with weight_transport=collective, over a group
+    # made for that sync (gloo for CPU tensors, NCCL for CUDA ones) from a store on this port.
+    # broadcast_host is the address generators reach rank 0 at. A sync whose members do not
+    # all join within broadcast_timeout_s is given up (they load the files).
+    weight_broadcast: bool = False
+    broadcast_host: str = "127.0.0.1"
+    broadcast_port: int = 29610
+    broadcast_bucket_mb: float = Field(256.0, gt=0)
+    broadcast_timeout_s: float = Field(60.0, gt=0)
     # published weights: the newest 3 versions stay, and every Nth one too (0: none), so that
     # `t1 eval` can compare the checkpoints of a run afterwards
     keep_versions_every: int = Field(0, ge=0)
@@ -296,6 +309,13 @@ class T1Config(BaseModel):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    @model_validator(mode="after")
+    def _transports_agree(self) -> "T1Config":
+        if self.generator.weight_transport == "collective" and not self.trainer.weight_broadcast:
+            raise ValueError("generator.weight_transport=collective needs trainer.weight_broadcast=true "
+                             "(no trainer would send)")
+        return self
 
     @property
     def eval_sampling_temperature(self) -> float:

@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from services.common.weight_broadcast import BroadcastOffer
 from services.common.weight_probe import WeightProbe
 
 SCHEMA_VERSION = 1
@@ -81,6 +82,9 @@ class WeightAnnouncement(Message, tag="weights"):
     sha256: str  # of the safetensors payload, checked by the generator before loading
     step: int
     probe: WeightProbe | None = None  # the trainer's log-probs for fixed sequences (weight_probe.py)
+    # the collective transport: who receives this version from the trainer's memory, and how
+    # (weight_broadcast.py); None: the files at ``uri`` are the only way
+    broadcast: BroadcastOffer | None = None
 
 
 AnyMessage = Prompt | RolloutGroup | ScoredGroup | WeightAnnouncement

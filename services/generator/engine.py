@@ -181,6 +181,19 @@ class RolloutEngine:
                                                                  "is_checkpoint_format": True})
         await self.after_weight_update()
 
+    async def areceive(self, offer, first_rank: int) -> int:
+        """Receive a broadcast version into the idle engine (every worker joins); bytes per worker."""
+        import msgspec
+
+        got = await self.llm.collective_rpc("receive_weights",
+                                            kwargs={"offer": msgspec.to_builtins(offer), "first_rank": first_rank})
+        await self.after_weight_update()
+        return int(got[0])
+
+    def engine_ranks(self) -> int:
+        """Workers of this engine (tensor x pipeline parallel): each is a rank of a sync's group."""
+        return int(self.llm.vllm_config.parallel_config.world_size)
+
     async def after_weight_update(self, label: str | None = None) -> None:
         self.weight_updates += 1
         await self.llm.collective_rpc("refresh_tied_lm_head")
@@ -221,6 +234,37 @@ class WeightSyncExtension:
 
     def refresh_tied_lm_head(self) -> bool:
         return refresh_tied_lm_head(self.model_runner.get_model())
+
+    def receive_weights(self, offer: dict, first_rank: int) -> int:
+        """Join the trainer's group for one sync, receive every bucket and load it through
+        vLLM's own in-place reload (the model's ``load_weights``: fused projections, tied
+        embeddings, each tensor-parallel worker keeping its shard); returns bytes received."""
+        import msgspec
+
+        from services.common import weight_broadcast as wb
+
+        offer = msgspec.convert(offer, wb.BroadcastOffer)
+        device = next(self.model_runner.get_model().parameters()).device
+        if wb.backend_for(device) != offer.backend:
+            raise RuntimeError(f"the trainer broadcasts over {offer.backend}; this engine's weights "
+                               f"are on {device}")
+        pg = wb.open_group(offer, first_rank + getattr(self, "rank", 0), device=device)
+        counter = [0]
+        try:
+            self.reload_weights(weights_iterator=wb.receive(pg, offer, device, counter),
+                                is_checkpoint_format=True)
+        finally:
+            wb.close_group(pg)
+        if counter[0] != offer.nbytes:
+            raise RuntimeError(f"received {counter[0]} of {offer.nbytes} bytes")
+        return counter[0]
+
+    def weight_member(self) -> dict:
+        """What the trainer needs to offer this worker's engine a sync."""
+        from services.common import weight_broadcast as wb
+
+        param = next(self.model_runner.get_model().parameters())
+        return {"backend": wb.backend_for(param.device), "dtype": wb.dtype_name(param.dtype)}
 
 
 def refresh_tied_lm_head(model) -> bool:

@@ -29,7 +29,7 @@ def serve(cfg: T1Config, name: str | None = None) -> None:
     from services.generator.transport import make_receiver
     from services.generator.worker import GeneratorWorker
 
-    receiver = make_receiver(gcfg, s)  # an impossible transport fails here, before the engine
+    receiver = make_receiver(gcfg, s, name)
     worker: GeneratorWorker | None = None
 
     def health() -> dict:
@@ -58,6 +58,7 @@ def serve(cfg: T1Config, name: str | None = None) -> None:
             stop.wait(0.5)
         loop.loop.call_soon_threadsafe(worker.stop)
         running.result()  # drained: every group in flight was published
+        loop.run(receiver.close())
         event(log, "generator stopped", version=worker.version)
     finally:
         http.stop()

@@ -295,6 +295,7 @@ class GeneratorWorker:
         An announcement is its (version, digest), not its number: a trainer that lost its last
         commit re-trains and re-publishes v_n with other bytes (or, having lost more, announces
         a version below the one served), and the generator must serve those."""
+        self.receiver.heartbeat()
         ann = weights.latest(self.s)
         if ann is None or (ann.version, ann.sha256) in ((self.version, self.digest), self._failed):
             return False
@@ -337,7 +338,7 @@ class GeneratorWorker:
         SYNC_SECONDS.observe(seconds)
         SYNC_LAST.set(seconds)
         sync = {"version": ann.version, "seconds": round(seconds, 4),
-                "drain_seconds": round(drained_s, 4), "bytes": nbytes}
+                "drain_seconds": round(drained_s, 4), "bytes": nbytes, "via": self.receiver.via}
         if gate is not None:
             sync |= {"gate_max_difference": gate.max_difference, "gate_seconds": round(gate.seconds, 4)}
         self.last_sync = sync  # before the version: whoever sees the new version sees its sync

@@ -41,6 +41,11 @@ class Publication:
         if tc.tensorboard or tc.wandb_project:
             self.step_log = StepLogger(Path(cfg.run_dir), tc.tensorboard, tc.wandb_project,
                                        cfg.model_dump(mode="json"))
+        self.broadcaster = None
+        if tc.weight_broadcast:
+            from services.trainer.broadcaster import WeightBroadcaster
+
+            self.broadcaster = WeightBroadcaster(tc, s)
         VERSION.set(version)
 
     def write(self, lm, version: int, probe: WeightProbe | None = None) -> WeightAnnouncement:
@@ -50,8 +55,17 @@ class Publication:
                                              lambda p: lm.save_pretrained(p, safe_serialization=True),
                                              self.tokenizer_src,
                                              keep_every=self.cfg.trainer.keep_versions_every)
+        offer = self.broadcaster.offer(lm, version) if self.broadcaster is not None else None
         return WeightAnnouncement(version=version, uri=str(path.resolve()), sha256=digest, step=version,
-                                  probe=probe)
+                                  probe=probe, broadcast=offer)
+
+    def broadcast(self, lm, ann: WeightAnnouncement) -> dict | None:
+        """After the commit: send the version to the generators its announcement names."""
+        if self.broadcaster is None or ann.broadcast is None:
+            return None
+        result = self.broadcaster.send(lm, ann.version, ann.broadcast)
+        event(log, "weights broadcast", **result)
+        return result
 
     def commit(self, batch: Batch, ann: WeightAnnouncement, record: dict) -> None:
         pipe = self.s.transaction()

@@ -169,6 +169,10 @@ class RLTrainer:
         if self.main:
             self.publication.commit(batch, ann, record)
             self.admission.advance()
+        if self.tc.weight_broadcast and dist.broadcast(self.main and ann.broadcast is not None):
+            with dist.full_params(self.engine):  # ZeRO-3 gathers again: the commit came between
+                if self.main:
+                    self.publication.broadcast(self.engine.module.lm, ann)
         self.version = new_version
         return record
 

@@ -18,14 +18,24 @@ pytestmark = pytest.mark.slow
 STEPS = 3
 
 
-def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_path, tiny_model_dir):
+COLLECTIVE = ["generator.weight_transport=collective", "trainer.weight_broadcast=true",
+              "trainer.broadcast_timeout_s=10", "generator.sync_mode=abort"]
+
+
+@pytest.mark.parametrize("transport", ["filesystem", "collective"])
+def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_path, tiny_model_dir, transport):
+    """filesystem: a replica stopped with SIGTERM drains and is started again. collective: the
+    trainer broadcasts each version to both replicas; one is SIGKILLed mid-run (the sync that
+    names it times out, the other loads the files), restarts, registers and is sent the newest."""
     gen_port = free_port()
+    extra = COLLECTIVE + [f"trainer.broadcast_port={free_port()}"] if transport == "collective" else []
     cfg = load_config("quick", [
         f"run_dir={tmp_path / 'run'}", f"model.path={tiny_model_dir}", f"trainer.total_steps={STEPS}",
         "generator.replicas=2", f"generator.port={gen_port}", "generator.max_prompts_per_batch=1",
         f"verifier.port={free_port()}", f"trainer.port={free_port()}",
         "generator.gpu_memory_utilization=0.1", "generator.max_inflight_groups=2",
         "redis.keep_acked=true",  # the test reads the rollouts stream afterwards
+        *extra,
     ], environ={})
     with Stack(cfg, services=("verifier", "generator")) as stack:
         # both engines up before any work exists, so that neither replica finds the run over
@@ -39,8 +49,12 @@ def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_pa
             stack.supervise()
             time.sleep(0.1)
         replica = stack.proc("generator-1").popen
-        stack.kill("generator-1", signal.SIGTERM)
-        assert replica.wait(60) == 0
+        if transport == "collective":
+            stack.kill("generator-1", signal.SIGKILL)
+            assert replica.wait(60) == -signal.SIGKILL
+        else:
+            stack.kill("generator-1", signal.SIGTERM)
+            assert replica.wait(60) == 0
         stack.wait_trainer(timeout_s=400, poll_s=0.5)  # the supervisor starts it again
         assert stack.proc("generator-1").restarts == 1
         deadline = time.monotonic() + 60  # each replica loads the last version on its next poll
@@ -50,6 +64,14 @@ def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_pa
                 break
             time.sleep(0.5)
         assert served == {"generator-0": STEPS, "generator-1": STEPS}
+        if transport == "collective":
+            import json
+
+            last = json.loads(s.r.get(s.key("trainer:broadcast")))
+            assert last["ok"] and last["version"] == STEPS, last
+            syncs = {k.decode(): json.loads(v) for k, v in s.r.hgetall(s.key("generators:sync")).items()}
+            assert syncs["generator-0"]["via"] == "broadcast", syncs
+            assert all(x["passed"] and x["gate_max_difference"] < 1e-4 for x in syncs.values()), syncs
         rollouts = [decode(f[b"data"]) for _, f in s.r.xrange(s.key(streams.ROLLOUTS))]
         per_prompt = Counter(g.prompt.prompt_id for g in rollouts)
         assert max(per_prompt.values()) == 1  # no group generated twice

@@ -38,3 +38,15 @@ def test_sync_summary():
                          "gate_seconds": 0.04}) == "v3 in 0.25 s, gate max |Δ| 2e-06 in 40 ms"
     refused = sync_summary({"version": 4, "passed": False, "reason": "failed the gate: ..."})
     assert "v4 refused" in refused and "failed the gate" in refused
+    assert sync_summary({"version": 5, "passed": True, "seconds": 0.5, "via": "broadcast"}) \
+        == "v5 by broadcast in 0.50 s, no probe"
+
+
+def test_broadcast_summary():
+    from services.cli import broadcast_summary
+
+    assert broadcast_summary({"version": 2, "ok": True, "members": ["a", "b"], "bytes": 2_500_000,
+                              "seconds": 0.125}) == "v2 to 2 generator(s), 2.5 MB in 0.12 s"
+    failed = broadcast_summary({"version": 3, "ok": False, "seconds": 10.0, "reason": "timed out",
+                                "absent": ["generator-1"]})
+    assert "v3 given up" in failed and "timed out" in failed and "generator-1" in failed
