@@ -18,11 +18,10 @@ engine with the version and resumes.
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
-from pathlib import Path
-
 import logging
 import time
+from abc import ABC, abstractmethod
+from pathlib import Path
 
 from services.common import weight_broadcast, weights
 from services.common.config import GeneratorConfig
