@@ -42,6 +42,10 @@ class WeightBroadcaster:
         log.info("weight broadcast store on port %d (generators reach it at %s)",
                  tc.broadcast_port, self.address)
 
+    def close(self) -> None:
+        """Stop serving the store (its port is free again once the last reference goes)."""
+        self.store = None
+
     def offer(self, lm, version: int) -> wb.BroadcastOffer | None:
         """The sync of ``version`` for the live members (None: nobody to send to)."""
         param = next(lm.parameters())

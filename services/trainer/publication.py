@@ -85,3 +85,6 @@ class Publication:
     def close(self) -> None:
         if self.step_log is not None:
             self.step_log.close()
+        if self.broadcaster is not None:
+            self.broadcaster.close()
+            self.broadcaster = None

@@ -95,6 +95,45 @@ def reference(tmp_path_factory, tiny_model_dir, redis_server, scorer):  # noqa: 
     return {v: published(run_dir, v) for v in range(1, STEPS + 1)}, records
 
 
+class Listener:
+    """A member of the trainer's weight broadcast without an engine: it receives each version
+    it is offered and keeps the tensors, to compare with the version's files."""
+
+    def __init__(self, s, name="listener"):
+        import threading
+
+        from services.common import weight_broadcast as wb
+
+        self.s, self.name, self.wb = s, name, wb
+        self.got: dict[int, dict[str, torch.Tensor]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def beat(self):
+        import time
+
+        self.wb.register(self.s, self.name, self.wb.Member(ranks=1, backend="gloo", dtype="float32",
+                                                           seen=time.time()))
+
+    def run(self):
+        import time
+
+        from services.common import weights
+
+        last_beat = 0.0
+        while not self.stop.is_set():
+            if time.monotonic() - last_beat > 2:
+                self.beat()
+                last_beat = time.monotonic()
+            ann = weights.latest(self.s)
+            if ann and ann.version not in self.got and ann.broadcast and self.name in ann.broadcast.ranks:
+                pg = self.wb.open_group(ann.broadcast, ann.broadcast.ranks[self.name])
+                got = {k: v.clone() for k, v in self.wb.receive(pg, ann.broadcast, torch.device("cpu"))}
+                self.got[ann.version] = got
+                self.wb.close_group(pg)
+            time.sleep(0.05)
+
+
 # ZeRO-3 also splits each rank's shard into one micro-batch per sequence: the ranks' sequences
 # (balanced by tokens, not by count) may differ in number, and the rank with fewer makes
 # zero-weight passes to match ZeRO-3's collectives
@@ -107,7 +146,8 @@ def test_two_ranks_publish_what_one_rank_publishes(stage, micro_batch_tokens, re
     # threshold 0: ZeRO-3 really partitions this tiny model's parameters (by default it keeps
     # every tensor under 100k elements whole on each rank)
     extra = [f"trainer.zero_stage={stage}", "trainer.zero3_param_persistence_threshold=0",
-             f"trainer.micro_batch_tokens={micro_batch_tokens}"]
+             f"trainer.micro_batch_tokens={micro_batch_tokens}",
+             "trainer.weight_broadcast=true", f"trainer.broadcast_port={free_port()}"]
     cfg = config(run_dir, tiny_model_dir, redis_server.url, s.prefix, *extra)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -117,6 +157,9 @@ def test_two_ranks_publish_what_one_rank_publishes(stage, micro_batch_tokens, re
     spec.write_text(json.dumps({"run_dir": str(run_dir), "model": str(tiny_model_dir),
                                 "redis_url": redis_server.url, "prefix": s.prefix, "extra": extra,
                                 "out": str(tmp_path)}))
+    listener = Listener(s)
+    listener.beat()
+    listener.thread.start()
     port = str(free_port())
     procs = []
     for rank in range(2):
@@ -128,15 +171,20 @@ def test_two_ranks_publish_what_one_rank_publishes(stage, micro_batch_tokens, re
     try:
         codes = [p.wait(timeout=300) for p in procs]
     finally:
+        listener.stop.set()
         for p in procs:
             if p.poll() is None:
                 p.kill()
     logs = "\n".join((tmp_path / f"rank{r}.log").read_text()[-3000:] for r in range(2))
     assert codes == [0, 0], logs
 
-    # the same updates as one rank, step by step, every parameter at full shape
+    # the same updates as one rank, step by step, every parameter at full shape; and rank 0
+    # broadcast each committed version (gathered again under ZeRO-3) bit for bit as published
+    listener.thread.join(10)
+    assert sorted(listener.got) == list(range(1, STEPS + 1))
     for v in range(1, STEPS + 1):
         assert_close(published(run_dir, v), ref_weights[v])
+        assert_close(listener.got[v], published(run_dir, v), rtol=0, atol=0)
     records = [json.loads(r) for r in s.r.lrange(s.key("trainer:steps"), 0, -1)]
     assert [r["world_size"] for r in records] == [2] * STEPS
     for r in records:  # 12 sequences on 2 ranks: at least 6 passes each when split per sequence
@@ -182,6 +230,8 @@ def worker(spec_path: str) -> None:
         trainer.run_once()
     out = Path(spec["out"])
     torch.save(full_state(trainer), out / f"state-rank{dist.rank()}.pt")
+    if dist.is_main():
+        trainer.publication.close()  # its broadcast store's port, for the resumed trainer
     resumed = RLTrainer(cfg, s, "trainer-dist")
     assert resumed.version == STEPS
     torch.save(full_state(resumed), out / f"resumed-rank{dist.rank()}.pt")
