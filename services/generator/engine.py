@@ -235,10 +235,11 @@ class WeightSyncExtension:
     def refresh_tied_lm_head(self) -> bool:
         return refresh_tied_lm_head(self.model_runner.get_model())
 
-    def receive_weights(self, offer: dict, first_rank: int) -> int:
+    def receive_weights(self, offer: dict, first_rank: int, load: bool = True) -> int:
         """Join the trainer's group for one sync, receive every bucket and load it through
         vLLM's own in-place reload (the model's ``load_weights``: fused projections, tied
-        embeddings, each tensor-parallel worker keeping its shard); returns bytes received."""
+        embeddings, each tensor-parallel worker keeping its shard); returns bytes received.
+        ``load=False`` receives and drops the bytes: the wire alone, for ``t1 bench weights``."""
         import msgspec
 
         from services.common import weight_broadcast as wb
@@ -251,8 +252,12 @@ class WeightSyncExtension:
         pg = wb.open_group(offer, first_rank + getattr(self, "rank", 0), device=device)
         counter = [0]
         try:
-            self.reload_weights(weights_iterator=wb.receive(pg, offer, device, counter),
-                                is_checkpoint_format=True)
+            received = wb.receive(pg, offer, device, counter)
+            if load:
+                self.reload_weights(weights_iterator=received, is_checkpoint_format=True)
+            else:
+                for _ in received:
+                    pass
         finally:
             wb.close_group(pg)
         if counter[0] != offer.nbytes:

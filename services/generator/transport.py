@@ -56,9 +56,15 @@ class WeightReceiver(ABC):
 
 class FilesystemReceiver(WeightReceiver):
     async def load(self, engine, ann: WeightAnnouncement) -> int:
-        # hashing reads every byte: off the loop, so HTTP and Redis keep being served
-        await asyncio.to_thread(weights.verify, ann)
-        await engine.areload(ann.uri)
+        """The hash and the reload read the same bytes at once (the hash here, in a thread off
+        the loop; the reload in the engine's process): a sync costs the slower of the two, not
+        their sum. A mismatch raises after the reload, and the worker puts back the weights it
+        served before."""
+        check = asyncio.create_task(asyncio.to_thread(weights.verify, ann))
+        try:
+            await engine.areload(ann.uri)
+        finally:
+            await check  # raises on a mismatch (or a missing directory), whatever the reload did
         return sum(f.stat().st_size for f in Path(ann.uri).glob("*.safetensors"))
 
 

@@ -274,18 +274,14 @@ class GeneratorWorker:
         self.s.r.hset(self.s.key("generators:sync"), self.name, json.dumps(record))
 
     async def _restore(self) -> None:
-        """Put back the weights served before a refused load."""
+        """Put back the weights served before a refused or failed load (the engine paused)."""
         path = Path(self.uri)
         if self.digest and (not path.exists()
                             or await asyncio.to_thread(weights.payload_sha256, path) != self.digest):
             raise WeightsUnrecoverable(
-                f"the gate refused a version and v{self.version}'s files at {path} are gone or "
+                f"a new version was refused and v{self.version}'s files at {path} are gone or "
                 "changed: restarting to load the newest version from scratch")
-        await self.engine.pause("wait")
-        try:
-            await self.engine.areload(str(path))
-        finally:
-            await self.engine.resume()
+        await self.engine.areload(str(path))
 
     async def maybe_update_weights(self) -> bool:
         """Load the newest announcement if it is not what is served: stop admitting (the caller
@@ -319,7 +315,10 @@ class GeneratorWorker:
         try:
             nbytes = await self.receiver.load(self.engine, ann)
         except Exception as exc:  # keep serving the old version; the next announcement may load
-            await self.engine.resume()
+            try:  # a load that failed part-way (a hash mismatch after the reload) left its bytes
+                await self._restore()
+            finally:
+                await self.engine.resume()
             self._refuse(ann, f"not loaded: {exc}")
             return False
         await self.engine.resume()
@@ -330,7 +329,11 @@ class GeneratorWorker:
             GATE_SECONDS.set(gate.seconds)
             if not gate.passed:
                 GATE_REFUSALS.inc()
-                await self._restore()
+                await self.engine.pause("wait")
+                try:
+                    await self._restore()
+                finally:
+                    await self.engine.resume()
                 self._refuse(ann, f"failed the gate: {gate.describe()}")
                 return False
         await self.engine.llm.update_weight_version(str(ann.version))

@@ -141,6 +141,15 @@ def test_worker_syncs_weights_and_publishes_versioned_groups(engine, model_dir, 
     weights.announce(s, bad)
     assert not engine.loop.run(worker.maybe_update_weights())
     assert worker.version == 1
+    # its hash is checked while it reloads, so its bytes reached the engine: v1's are back
+    from services.common.weight_probe import WeightProbe, probe_logprobs, probe_token_ids
+    from services.generator import weight_gate
+
+    v1 = AutoModelForCausalLM.from_pretrained(ann.uri, dtype=torch.float32)
+    ids = probe_token_ids(v1.config.vocab_size, 2, 16)
+    gate = engine.loop.run(weight_gate.check(engine, WeightProbe(token_ids=ids, logprobs=probe_logprobs(v1, ids)),
+                                             1e-4))
+    assert gate.passed, gate.describe()
     good = perturbed_version(model_dir, tmp_path / "w", 3, seed=3)
     weights.announce(s, good)
     assert engine.loop.run(worker.maybe_update_weights())
