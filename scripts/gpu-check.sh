@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The trainer on a GPU: tests/gpu (SFT steps, RL steps with the anchor, checkpoint and resume,
+# the weight broadcast wire over NCCL,
 # chunked log-probs; CUDA, bf16, NCCL with one rank) and the device-agnostic trainer unit tests.
 # For a machine with an NVIDIA GPU, PyTorch preinstalled and no network: the packages it lacks
 # travel in .whl/ (scripts/gpu-wheels.sh prepares them). Log: $OUT/gpu-check.log (or ./).
@@ -25,7 +26,7 @@ if not torch.cuda.is_available():
     raise SystemExit("gpu-check: no CUDA device: this check is for GPU machines")
 PY
     PYTHONUNBUFFERED=1 timeout 450 python3 -m pytest -q -p no:cacheprovider --durations=10 \
-        tests/gpu tests/unit/test_policy.py tests/unit/test_objective.py
+        tests/gpu tests/unit/test_policy.py tests/unit/test_objective.py tests/unit/test_weight_broadcast.py
     rc=$?
     echo "gpu-check: pytest exit $rc"
     exit "$rc"
