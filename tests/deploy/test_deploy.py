@@ -191,6 +191,10 @@ def test_chart_workloads_storage_and_gpus():
         assert env_of(container(workload, name))["T1__RUN_DIR"].startswith(mount["mountPath"] + "/")
         assert container(workload, name)["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert mounts["generator"] == mounts["trainer"]  # weight URIs are absolute paths
+    # the collective weight transport: generators reach trainer pod 0 through the headless Service
+    host = env_of(container(gen, "generator"))["T1__TRAINER__BROADCAST_HOST"]
+    assert host == f"{trainer['metadata']['name']}-0.{trainer['spec']['serviceName']}"
+    assert find(docs, "Service", trainer["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
     assert "nvidia.com/gpu" not in container(ver, "verifier")["resources"].get("limits", {})
 
     hpa = find(docs, "HorizontalPodAutoscaler", "t1-verifier")
@@ -473,6 +477,8 @@ def test_compose_structure():
         assert services[name]["environment"]["T1__RUN_DIR"].startswith(mounts[name] + "/")
     assert len(set(mounts.values())) == 1
     assert vol.split(":")[0] != volume.split(":")[0]  # not Redis's volume
+    # the collective weight transport: generators reach trainer rank 0 by its service name
+    assert services["generator"]["environment"]["T1__TRAINER__BROADCAST_HOST"] in services
 
 
 @pytest.mark.parametrize("files", [("docker-compose.yml",),

@@ -52,6 +52,9 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.modelPath | quote }}
 - name: PYTHONUNBUFFERED
   value: "1"
+# trainer.weight_broadcast: generators reach trainer rank 0 (pod 0) through the headless Service
+- name: T1__TRAINER__BROADCAST_HOST
+  value: {{ printf "%s-trainer-0.%s-trainer" (include "t1.fullname" .) (include "t1.fullname" .) | quote }}
 {{- end -}}
 
 {{/* Container args of a service: bind all interfaces, the port from values, the mounted config. */}}
