@@ -46,9 +46,11 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
             shutil.copy2(Path(src) / name, Path(dst) / name)
 
 
-def write_version(weights_dir: Path, version: int, save_model, tokenizer_src: Path,
-                  keep: int = 3, keep_every: int = 0) -> tuple[Path, str]:
-    """Write one version atomically. ``save_model(path)`` writes config + safetensors.
+def write_version_files(weights_dir: Path, version: int, save_model, tokenizer_src: Path,
+                        keep: int = 3, keep_every: int = 0) -> Path:
+    """Write one version atomically, without its digest (``payload_sha256`` of the returned
+    directory, which the trainer computes while its checkpoint is saved). ``save_model(path)``
+    writes config + safetensors.
 
     Older versions are pruned to the newest ``keep``, except every ``keep_every``-th (0: none),
     which stay for evaluating the run's checkpoints afterwards."""
@@ -59,13 +61,19 @@ def write_version(weights_dir: Path, version: int, save_model, tokenizer_src: Pa
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(tmp)
     copy_tokenizer_files(tokenizer_src, tmp)
-    digest = payload_sha256(tmp)
-    (tmp / MARKER).write_text(json.dumps({"version": version, "sha256": digest}))
+    (tmp / MARKER).write_text(json.dumps({"version": version}))
     if final.exists():  # a trainer that crashed after the rename re-publishes the same version
         shutil.rmtree(final)
     tmp.rename(final)
     _prune(weights_dir, keep, keep_every)
-    return final, digest
+    return final
+
+
+def write_version(weights_dir: Path, version: int, save_model, tokenizer_src: Path,
+                  keep: int = 3, keep_every: int = 0) -> tuple[Path, str]:
+    """``write_version_files`` and the digest, in one call."""
+    final = write_version_files(weights_dir, version, save_model, tokenizer_src, keep, keep_every)
+    return final, payload_sha256(final)
 
 
 def _prune(weights_dir: Path, keep: int, keep_every: int = 0) -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import msgspec
 
 from prometheus_client import Counter, Gauge
 
@@ -41,6 +44,8 @@ class Publication:
         if tc.tensorboard or tc.wandb_project:
             self.step_log = StepLogger(Path(cfg.run_dir), tc.tensorboard, tc.wandb_project,
                                        cfg.model_dump(mode="json"))
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="weights-digest")
+        self._digest = None
         self.broadcaster = None
         if tc.weight_broadcast:
             from services.trainer.broadcaster import WeightBroadcaster
@@ -50,13 +55,16 @@ class Publication:
 
     def write(self, lm, version: int, probe: WeightProbe | None = None) -> WeightAnnouncement:
         """The version's files (inside ``dist.full_params``: under ZeRO-3 ``lm`` then holds the
-        gathered parameters); returns the announcement to commit, with the version's probe."""
-        path, digest = weights.write_version(self.cfg.weights_dir, version,
-                                             lambda p: lm.save_pretrained(p, safe_serialization=True),
-                                             self.tokenizer_src,
-                                             keep_every=self.cfg.trainer.keep_versions_every)
+        gathered parameters); returns the announcement to commit, with the version's probe.
+
+        Its digest is computed in a thread, over the bytes just written (page cache), while the
+        step goes on (the checkpoint save); ``commit`` waits for it."""
+        path = weights.write_version_files(self.cfg.weights_dir, version,
+                                           lambda p: lm.save_pretrained(p, safe_serialization=True),
+                                           self.tokenizer_src, keep_every=self.cfg.trainer.keep_versions_every)
+        self._digest = self._hasher.submit(weights.payload_sha256, path)
         offer = self.broadcaster.offer(lm, version) if self.broadcaster is not None else None
-        return WeightAnnouncement(version=version, uri=str(path.resolve()), sha256=digest, step=version,
+        return WeightAnnouncement(version=version, uri=str(path.resolve()), sha256="", step=version,
                                   probe=probe, broadcast=offer)
 
     def broadcast(self, lm, ann: WeightAnnouncement) -> dict | None:
@@ -67,7 +75,10 @@ class Publication:
         event(log, "weights broadcast", **result)
         return result
 
-    def commit(self, batch: Batch, ann: WeightAnnouncement, record: dict) -> None:
+    def commit(self, batch: Batch, ann: WeightAnnouncement, record: dict) -> WeightAnnouncement:
+        """The step's commit; returns the announcement as committed (with its digest)."""
+        if not ann.sha256:
+            ann = msgspec.structs.replace(ann, sha256=self._digest.result())
         pipe = self.s.transaction()
         weights.announce(self.s, ann, pipe)
         for g in batch.groups:
@@ -81,8 +92,10 @@ class Publication:
         if self.step_log is not None:
             self.step_log.log(record)
         event(log, "rl step", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
+        return ann
 
     def close(self) -> None:
+        self._hasher.shutdown(wait=True)
         if self.step_log is not None:
             self.step_log.close()
         if self.broadcaster is not None:

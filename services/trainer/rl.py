@@ -167,7 +167,7 @@ class RLTrainer:
             grad_norm=float(grad_norm) if grad_norm is not None else None,
             compute_s=compute_s, publish_s=time.monotonic() - t0 - compute_s)
         if self.main:
-            self.publication.commit(batch, ann, record)
+            ann = self.publication.commit(batch, ann, record)
             self.admission.advance()
         if self.tc.weight_broadcast and dist.broadcast(self.main and ann.broadcast is not None):
             with dist.full_params(self.engine):  # ZeRO-3 gathers again: the commit came between
