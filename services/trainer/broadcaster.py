@@ -95,6 +95,8 @@ class WeightBroadcaster:
             wb.close_session(self.store, offer)
             if pg is not None:
                 wb.close_group(pg)
+                pg = None  # gloo closes its sockets with the last reference: members waiting
+                # on a sync that failed here hear of it at once instead of at their timeout
         result["seconds"] = round(time.monotonic() - t0, 4)
         SECONDS.set(result["seconds"])
         self.s.r.set(self.result_key, json.dumps(result))

@@ -94,3 +94,49 @@ def test_membership_expires(s):
     assert set(wb.live_members(s, now=1000.0 + wb.MEMBER_TTL_S + 1)) == {"b"}
     wb.leave(s, "b")
     assert wb.live_members(s, now=1000.0) == {"a": wb.live_members(s, now=1000.0)["a"]}
+
+
+def test_a_member_killed_mid_broadcast_is_detected_within_the_timeout():
+    """One member process dies after its first bucket: the trainer's send and the surviving
+    member's receive both fail (they do not hang), well within the offer's timeout."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import msgspec
+
+    named = {f"w{i}": torch.randn(64, 64) for i in range(16)}  # 16 KiB each: one per bucket
+    port = free_port()
+    store = wb.host_store(port, 20.0)
+    offer = offer_for(named, world=3, bucket_bytes=16 << 10, timeout_s=20.0, port=port)
+    assert len(offer.buckets) == 16
+    root = Path(__file__).resolve().parents[2]
+    doomed = subprocess.Popen([sys.executable, str(Path(__file__).with_name("broadcast_member.py")),
+                               msgspec.json.encode(offer).decode(), "2", "1"],
+                              cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    survivor = {}
+
+    def member():
+        try:
+            pg = wb.open_group(offer, 1)
+            survivor["n"] = sum(1 for _ in wb.receive(pg, offer, torch.device("cpu")))
+        except Exception as exc:  # noqa: BLE001 - what the survivor sees
+            survivor["error"] = exc
+
+    t = threading.Thread(target=member)
+    t.start()
+    pg = wb.open_group(offer, 0, store=store)
+    t0 = time.monotonic()
+    with pytest.raises(Exception):  # noqa: B017 - gloo's RuntimeError: connection reset by peer
+        for _ in range(200):  # keep sending until the dead member's absence shows
+            wb.send(pg, offer, named, torch.device("cpu"))
+    failed_after = time.monotonic() - t0
+    wb.close_group(pg)
+    del pg  # as the broadcaster does: the group's sockets close, so the survivor hears of it
+    t.join(30)
+    assert doomed.wait(30) == 9
+    assert failed_after < 10.0  # noticed from the broken connection, not the 20 s timeout
+    assert not t.is_alive() and "error" in survivor, survivor
+    assert time.monotonic() - t0 < 10.0
