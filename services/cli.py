@@ -342,7 +342,7 @@ def _eval_setup(config: str, sets: list[str] | None, models: list[str]) -> T1Con
 def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model dir; repeat to compare "
                                                                   "checkpoints of one run")],
           config: ConfigOpt = "tiny", set: SetOpt = None,
-          n: Annotated[int, typer.Option(help="held-out problems")] = 200,
+          n: Annotated[int, typer.Option(help="held-out problems", min=1)] = 200,
           k: Annotated[int, typer.Option(help="samples per problem for pass@k / maj@k")] = 8,
           out: Annotated[str, typer.Option(help="where scaling.png and eval.json go")] = "runs/eval") -> None:
     """Held-out greedy / pass@1 / pass@k / maj@k and the inference-scaling curve per checkpoint."""
@@ -371,7 +371,7 @@ def scaling(models: Annotated[list[str], typer.Option("--model", help="HF model 
                                                                    "several checkpoints on one figure")],
             budgets: Annotated[Optional[str], typer.Option(
                 help="comma-separated token budgets (default: 4 .. generator.max_tokens)")] = None,
-            n: Annotated[int, typer.Option(help="held-out problems")] = 200,
+            n: Annotated[int, typer.Option(help="held-out problems", min=1)] = 200,
             out: Annotated[str, typer.Option(help="where scaling.png and scaling.json go")] = "runs/scaling",
             config: ConfigOpt = "tiny", set: SetOpt = None) -> None:
     """T1's inference scaling: greedy accuracy when the reasoning is cut at each token budget and

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import threading
+from pathlib import Path
 
 from services.common import streams
 from services.common.config import T1Config
@@ -23,6 +24,18 @@ def require_redis(cfg: T1Config, role: str) -> streams.Streams:
                          f"or run the whole local stack with `t1 up`")
     return streams.Streams(streams.connect(cfg.redis.url), cfg.redis.prefix, cfg.redis.keep_acked,
                            cfg.redis.max_deliveries)
+
+
+def require_model(path: str, role: str) -> None:
+    """A model path that names a local directory must hold a model (a mistyped path ends here,
+    in one line, not in a loader's traceback). A name that is not a local path (``org/model``)
+    is left to the Hugging Face loader: it may be a hub id."""
+    p = Path(path).expanduser()
+    local = p.is_absolute() or path.startswith(".") or p.exists()
+    if local and not (p / "config.json").is_file():
+        what = "no such directory" if not p.exists() else "no config.json in it"
+        raise SystemExit(f"t1 {role}: model.path {path!r}: {what} (a Hugging Face model directory; "
+                         "`t1 init-model` builds the tiny default)")
 
 
 def stop_on_signals(stop_event: threading.Event) -> None:

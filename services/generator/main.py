@@ -13,7 +13,7 @@ import threading
 from services.common.config import T1Config
 from services.common.http import service_app
 from services.common.logs import event, setup_logging
-from services.common.runtime import consumer_name, pin_cpus, require_redis, stop_on_signals
+from services.common.runtime import consumer_name, pin_cpus, require_model, require_redis, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 def serve(cfg: T1Config, name: str | None = None) -> None:
     setup_logging("generator")
     pin_cpus(cfg.generator.cpus)
+    require_model(cfg.model.path, "generator")
     s = require_redis(cfg, "generator")
     name = consumer_name("generator", name)
     gcfg = cfg.generator

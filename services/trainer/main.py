@@ -13,7 +13,7 @@ import os
 from services.common.config import T1Config
 from services.common.http import ServerThread, service_app
 from services.common.logs import setup_logging
-from services.common.runtime import consumer_name, pin_cpus, require_redis, stop_on_signals
+from services.common.runtime import consumer_name, pin_cpus, require_model, require_redis, stop_on_signals
 
 log = logging.getLogger(__name__)
 PEER_STOPPED = os.EX_TEMPFAIL  # 75: temporary failure, to be retried
@@ -23,6 +23,7 @@ def serve(cfg: T1Config, name: str | None = None) -> int:
     setup_logging("trainer")
     pin_cpus(cfg.trainer.cpus)
     rank = int(os.environ.get("RANK", "0"))
+    require_model(cfg.model.path, "trainer")
     s = require_redis(cfg, "trainer") if rank == 0 else None
     state: dict = {"ready": False, "version": None, "rank": rank,
                    "world_size": int(os.environ.get("WORLD_SIZE", "1"))}

@@ -61,3 +61,25 @@ def test_evaluation_samples_at_the_generator_temperature_unless_told_otherwise()
     assert fixed.eval_sampling_temperature == 1.0 and fixed.generator.temperature == 0.7
     with pytest.raises(ValueError, match="eval_temperature"):
         with_overrides(cfg, ["eval_temperature=0"])
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    from services.common.config import load_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  lr: [1,\n")
+    with pytest.raises(ValueError) as err:
+        load_config(str(bad), environ={})
+    message = str(err.value)
+    assert "\n" not in message and str(bad) in message and "line 3" in message and "not valid YAML" in message
+
+
+def test_a_mistyped_local_model_path_is_refused_in_one_line(tmp_path, tiny_model_dir):
+    from services.common.runtime import require_model
+
+    require_model(str(tiny_model_dir), "generator")  # a model: fine
+    require_model("Qwen/Qwen2.5-1.5B", "generator")  # not a local path: the hub loader's to judge
+    for path, why in ((str(tmp_path / "nope"), "no such directory"), (str(tmp_path), "no config.json")):
+        with pytest.raises(SystemExit) as err:
+            require_model(path, "generator")
+        assert why in str(err.value) and "\n" not in str(err.value)
