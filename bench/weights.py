@@ -146,7 +146,7 @@ def measure(model_dir: Path, dtype: str, label: str, port: int) -> dict:
         out["raw_broadcast_s"] = median(raw)
         engine.shutdown()
         broadcaster.close()
-        del trainer_model
+        trainer_model = None  # noqa: F841 - the HF copy goes before the next shape is built
         gc.collect()
     finally:
         redis.stop()

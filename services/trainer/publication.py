@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
-
 from prometheus_client import Counter, Gauge
 
 from services.common import streams, weights
