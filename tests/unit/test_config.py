@@ -83,3 +83,12 @@ def test_a_mistyped_local_model_path_is_refused_in_one_line(tmp_path, tiny_model
         with pytest.raises(SystemExit) as err:
             require_model(path, "generator")
         assert why in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cpu_worker_binding_splits_the_cores():
+    from services.generator.engine import cpu_worker_binding
+
+    assert cpu_worker_binding(2, [0, 1]) == "0|1"
+    assert cpu_worker_binding(2, [0, 1, 2, 3, 4]) == "0,1|2,3"
+    with pytest.raises(ValueError, match="core per worker"):
+        cpu_worker_binding(3, [0, 1])
