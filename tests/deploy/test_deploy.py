@@ -267,6 +267,15 @@ def test_network_policies_limit_redis_and_trainer():
     off = render({"networkPolicy": {"enabled": False}})
     assert not [d for d in off if d["kind"] == "NetworkPolicy"]
 
+    # the collective weight transport: generators may then reach the trainer (any port: gloo and
+    # NCCL connect on dynamic ones)
+    docs = render({"config": {"trainer": {"weight_broadcast": True},
+                              "generator": {"weight_transport": "collective"}}})
+    ranks, generators, metrics = find(docs, "NetworkPolicy", "t1-trainer")["spec"]["ingress"]
+    (gen_peer,) = generators["from"]
+    assert gen_peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "generator"
+    assert "ports" not in generators
+
 
 def test_service_monitor_is_optional_and_matches():
     assert not [d for d in render() if d["kind"] == "ServiceMonitor"]
