@@ -26,7 +26,7 @@ if not torch.cuda.is_available():
     raise SystemExit("gpu-check: no CUDA device: this check is for GPU machines")
 PY
     PYTHONUNBUFFERED=1 timeout 450 python3 -m pytest -q -p no:cacheprovider --durations=10 \
-        tests/gpu tests/unit/test_policy.py tests/unit/test_objective.py tests/unit/test_weight_broadcast.py
+        tests/gpu tests/unit/test_policy.py tests/unit/test_objective.py tests/unit/test_weight_wire.py
     rc=$?
     echo "gpu-check: pytest exit $rc"
     exit "$rc"
