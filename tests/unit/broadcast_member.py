@@ -1,4 +1,4 @@
-"""A broadcast member in its own process, for test_weight_broadcast.py: it joins the offer as
+"""A broadcast member in its own process, for test_weight_wire.py: it joins the offer as
 ``rank`` and receives; with ``die_after`` it exits abruptly (no cleanup) after that many tensors,
 as a generator that is killed mid-broadcast."""
 
