@@ -49,6 +49,15 @@ def _load(config: str, sets: list[str] | None, extra: dict[str, object] | None =
         raise typer.Exit(2) from None
 
 
+def _preset_model_path(config: str, cfg: T1Config) -> bool:
+    """Whether ``cfg.model.path`` is the one its preset or file names, untouched by env or --set."""
+    try:
+        own = load_config(config, [], environ={})
+    except (FileNotFoundError, ValueError, ValidationError):
+        return False
+    return Path(cfg.model.path) == Path(own.model.path)
+
+
 def _quiet_libraries() -> None:
     """The demo draws its own progress bars; per-file loading bars would bury them."""
     from transformers.utils import logging as hf_logging
@@ -95,6 +104,12 @@ def up(config: ConfigOpt = "tiny", set: SetOpt = None,
     setup_logging("stack")
     _quiet_libraries()
     cfg = _load(config, set)
+    if not (Path(cfg.model.path) / "config.json").exists() and not _preset_model_path(config, cfg):
+        # the tiny default is built only at the preset's own path: a mistyped path must not
+        # quietly train a random model
+        console.print(f"[red]no model at {cfg.model.path}[/red] (model.path): give a Hugging Face "
+                      "model directory, or leave model.path at the preset's to build the tiny default")
+        raise typer.Exit(2)
     prepare_model(cfg)
     with Stack(cfg) as stack:
         console.print(f"stack up: redis {stack.cfg.redis.url}, logs in {stack.run_dir}/logs")

@@ -44,3 +44,12 @@ def test_scaling_refuses_bad_budgets_and_missing_models(tmp_path):
     assert res.exit_code == 2 and "comma-separated integers" in res.output
     res = runner.invoke(app, ["scaling", "--model", str(tmp_path), "--budgets", "8,4096"])
     assert res.exit_code == 2 and "generator.max_tokens" in res.output
+
+
+def test_up_refuses_a_mistyped_model_path_instead_of_building_a_tiny_one(tmp_path):
+    """`t1 up` builds the tiny default only at the preset's own model.path."""
+    missing = tmp_path / "Qwen2.5-1.5b-typo"
+    res = CliRunner().invoke(app, ["up", "--config", "quick", "--set", f"model.path={missing}",
+                                   "--set", f"run_dir={tmp_path / 'run'}"])
+    assert res.exit_code == 2 and "no model at" in res.output, res.output
+    assert not missing.exists() and not (tmp_path / "run").exists()
