@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _model_shapes import build_qwen_shape, plain_read_seconds  # noqa: E402
 
 N_PROMPTS = 64
 K = 8
@@ -29,9 +32,6 @@ MAX_TOKENS = 64
 TEMPERATURE = 1.0
 TOP_P = 1.0
 
-QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                  num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                  max_position_embeddings=1024, tie_word_embeddings=True, rope_theta=1000000.0)
 
 
 def gen_config(**kw):
@@ -126,15 +126,6 @@ def sync_latency(engine, worker, s, model_dir: Path, weights, repeats: int = 3, 
     return out
 
 
-def plain_read_seconds(model_dir: Path) -> float:
-    t0 = time.perf_counter()
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with f.open("rb") as fh:
-            while fh.read(1 << 24):
-                pass
-    return time.perf_counter() - t0
-
-
 def offline_vllm(model_dir: Path, texts: list[str]) -> tuple[float, int]:
     from vllm import LLM, SamplingParams
 
@@ -181,23 +172,14 @@ def hf(model_dir: Path, texts: list[str]) -> tuple[float, int]:
 
 def qwen_shape_sync(tokenizer_src: Path) -> dict:
     """Weight sync for a random model with the Qwen2.5-0.5B shape (bf16 on disk and in vLLM)."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     from services.common import streams, weights
     from services.common.embedded_redis import EmbeddedRedis
     from services.generator.engine import RolloutEngine
     from services.generator.worker import GeneratorWorker
 
     root = Path(tempfile.mkdtemp(prefix="bench-qwen05-"))
-    model_dir = root / "base"
     t0 = time.perf_counter()
-    cfg = Qwen2Config(**QWEN25_05B, torch_dtype="bfloat16")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
-    model.save_pretrained(model_dir, safe_serialization=True)
-    weights.copy_tokenizer_files(tokenizer_src, model_dir)
-    del model
+    model_dir = build_qwen_shape(root / "base", tokenizer_src)
     probe = model_probe(model_dir, "bfloat16")  # the HF forward in bf16, as a bf16 trainer's
     gc.collect()
     print(f"qwen2.5-0.5B-shaped random model built in {time.perf_counter() - t0:.0f}s", flush=True)

@@ -25,24 +25,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _model_shapes import build_qwen_shape, plain_read_seconds  # noqa: E402
 
 REPEATS = 3
-QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                  num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                  max_position_embeddings=1024, tie_word_embeddings=True, rope_theta=1000000.0)
 
 
 def median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
-
-
-def plain_read_seconds(model_dir: Path) -> float:
-    t0 = time.perf_counter()
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with f.open("rb") as fh:
-            while fh.read(1 << 24):
-                pass
-    return time.perf_counter() - t0
 
 
 def wait_serving(worker, version: int, timeout_s: float = 600) -> None:
@@ -153,21 +144,6 @@ def measure(model_dir: Path, dtype: str, label: str, port: int) -> dict:
     return out
 
 
-def build_qwen_shape(root: Path, tokenizer_src: Path) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from services.common import weights
-
-    model_dir = root / "qwen05b-shape"
-    cfg = Qwen2Config(**QWEN25_05B, torch_dtype="bfloat16")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
-    model.save_pretrained(model_dir, safe_serialization=True)
-    weights.copy_tokenizer_files(tokenizer_src, model_dir)
-    return model_dir
-
-
 def main() -> None:
     from services.common.config import ModelConfig
     from services.common.net import free_port
@@ -178,7 +154,7 @@ def main() -> None:
     tiny = build_tiny_model(ModelConfig(hidden_size=128, num_layers=4), root / "tiny")
     results = [measure(tiny, "float32", "tiny", free_port())]
     if os.environ.get("T1_BENCH_SKIP_QWEN") != "1":
-        results.append(measure(build_qwen_shape(root, tiny), "bfloat16", "qwen2.5-0.5b-shape", free_port()))
+        results.append(measure(build_qwen_shape(root / "qwen05b-shape", tiny), "bfloat16", "qwen2.5-0.5b-shape", free_port()))
     for r in results:
         mb = r["bytes"] / 1e6
         print(f"{r['label']}: {mb:.1f} MB on disk, {r['broadcast_bytes'] / 1e6:.1f} MB broadcast in "

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from test_generator import perturbed_model
 
 from services.common import weight_broadcast as wb
 from services.common import weights
@@ -45,17 +46,6 @@ def replicas(engines, s):
     return out
 
 
-def perturbed(src, seed):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
-
-
 def announce(s, broadcaster, model, src, weights_dir, version, probe_from=None, members=None):
     """As the trainer does: files + probe + offer in one announcement."""
     ids = probe_token_ids(model.config.vocab_size, 4, 32)
@@ -84,7 +74,7 @@ def trainer_side(s, timeout_s=20.0):
 
 def test_both_replicas_serve_the_trainers_weights_from_its_memory(replicas, tied_model_dir, s, tmp_path):
     broadcaster = trainer_side(s)
-    model = perturbed(tied_model_dir, seed=21)
+    model = perturbed_model(tied_model_dir, seed=21)
     ann = announce(s, broadcaster, model, tied_model_dir, tmp_path / "w", 1)
     assert set(ann.broadcast.ranks) == set(NAMES) and ann.broadcast.world == 3
     assert len(ann.broadcast.buckets) > 3  # 50 KiB buckets: the load spans several
@@ -108,11 +98,11 @@ def test_both_replicas_serve_the_trainers_weights_from_its_memory(replicas, tied
 
 def test_a_perturbed_broadcast_is_refused_by_the_gate(replicas, tied_model_dir, s, tmp_path):
     broadcaster = trainer_side(s)
-    good = perturbed(tied_model_dir, seed=22)
+    good = perturbed_model(tied_model_dir, seed=22)
     ann = announce(s, broadcaster, good, tied_model_dir, tmp_path / "w", 1)
     assert sync_all(replicas, broadcaster, good, ann)[1] == [True, True]
 
-    nxt = perturbed(tied_model_dir, seed=23)
+    nxt = perturbed_model(tied_model_dir, seed=23)
     sent = copy.deepcopy(nxt)
     with torch.no_grad():  # one tensor off between the trainer's memory and the wire
         next(p for n, p in sent.named_parameters() if "mlp" in n).mul_(1.5)
@@ -131,7 +121,7 @@ def test_a_member_that_never_joins_costs_one_timeout_and_the_others_load_files(
 
     broadcaster = trainer_side(s, timeout_s=4.0)
     wb.register(s, "gen-ghost", wb.Member(ranks=1, backend="gloo", dtype="float32", seen=time.time()))
-    model = perturbed(tied_model_dir, seed=24)
+    model = perturbed_model(tied_model_dir, seed=24)
     ann = announce(s, broadcaster, model, tied_model_dir, tmp_path / "w", 1)
     assert set(ann.broadcast.ranks) == {*NAMES, "gen-ghost"}
     t0 = time.monotonic()
@@ -144,7 +134,7 @@ def test_a_member_that_never_joins_costs_one_timeout_and_the_others_load_files(
         assert w.version == 1 and w.last_sync["gate_max_difference"] < 1e-4
     assert "gen-ghost" not in wb.live_members(s) and set(NAMES) <= set(wb.live_members(s))
     # the next version goes to the live members only, and by broadcast again
-    nxt = perturbed(tied_model_dir, seed=25)
+    nxt = perturbed_model(tied_model_dir, seed=25)
     ann2 = announce(s, broadcaster, nxt, tied_model_dir, tmp_path / "w", 2)
     assert set(ann2.broadcast.ranks) == set(NAMES)
     result, loaded = sync_all(replicas, broadcaster, nxt, ann2)
@@ -156,7 +146,7 @@ def test_a_replica_the_offer_does_not_name_loads_the_files(replicas, tied_model_
     the group; it serves the version from shared storage."""
     broadcaster = trainer_side(s)
     wb.leave(s, "gen-b")
-    model = perturbed(tied_model_dir, seed=26)
+    model = perturbed_model(tied_model_dir, seed=26)
     ann = announce(s, broadcaster, model, tied_model_dir, tmp_path / "w", 1)
     assert set(ann.broadcast.ranks) == {"gen-a"}
     result, loaded = sync_all(replicas, broadcaster, model, ann)
@@ -183,14 +173,14 @@ def test_a_tensor_parallel_engine_takes_a_rank_per_worker_and_loads_its_shards(
         engine.loop.run(receiver.setup(engine))
         worker = GeneratorWorker(s, engine, "gen-tp", CFG, visibility_timeout_s=30, receiver=receiver)
         broadcaster = trainer_side(s)
-        model = perturbed(tied_model_dir, seed=27)
+        model = perturbed_model(tied_model_dir, seed=27)
         ann = announce(s, broadcaster, model, tied_model_dir, tmp_path / "w", 1)
         assert ann.broadcast.ranks == {"gen-tp": 1} and ann.broadcast.world == 3
         result, loaded = sync_all([worker], broadcaster, model, ann)
         assert result["ok"] and loaded == [True], (result, worker.last_sync)
         assert worker.last_sync["via"] == "broadcast" and worker.last_sync["gate_max_difference"] < 1e-4
         wb.leave(s, "gen-tp")  # the next version by files
-        nxt = perturbed(tied_model_dir, seed=28)
+        nxt = perturbed_model(tied_model_dir, seed=28)
         ann2 = announce(s, broadcaster, nxt, tied_model_dir, tmp_path / "w", 2)
         assert ann2.broadcast is None
         assert engine.loop.run(worker.maybe_update_weights())
