@@ -18,7 +18,6 @@ again (and a sync it stalls times out; the others fall back to the version's fil
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -238,8 +237,3 @@ def receive(pg, offer: BroadcastOffer, device: torch.device, counter: list[int] 
             dtype = to_dtype(spec.dtype)
             n = int(torch.Size(spec.shape).numel()) * dtype.itemsize
             yield spec.name, buf[spec.offset:spec.offset + n].view(dtype).view(spec.shape)
-
-
-def describe(offer: BroadcastOffer) -> str:
-    return json.dumps({"session": offer.session, "world": offer.world, "ranks": offer.ranks,
-                       "buckets": len(offer.buckets), "bytes": offer.nbytes})

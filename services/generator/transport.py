@@ -23,6 +23,8 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import msgspec
+
 from services.common import weight_broadcast, weights
 from services.common.config import GeneratorConfig
 from services.common.schemas import WeightAnnouncement
@@ -87,8 +89,7 @@ class CollectiveReceiver(WeightReceiver):
         if self.member is None or now - self._beat < self.HEARTBEAT_S:
             return
         self._beat = now
-        self.member = weight_broadcast.Member(ranks=self.member.ranks, backend=self.member.backend,
-                                              dtype=self.member.dtype, seen=now)
+        self.member = msgspec.structs.replace(self.member, seen=now)
         weight_broadcast.register(self.s, self.name, self.member)
 
     async def close(self) -> None:
