@@ -22,6 +22,10 @@ COLLECTIVE = ["generator.weight_transport=collective", "trainer.weight_broadcast
               "trainer.broadcast_timeout_s=10", "generator.sync_mode=abort"]
 
 
+def producers(s) -> set[str]:
+    return {decode(f[b"data"]).generator_id for _, f in s.r.xrange(s.key(streams.ROLLOUTS))}
+
+
 @pytest.mark.parametrize("transport", ["filesystem", "collective"])
 def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_path, tiny_model_dir, transport):
     """filesystem: a replica stopped with SIGTERM drains and is started again. collective: the
@@ -45,9 +49,12 @@ def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_pa
         assert sorted(stack.procs) == ["generator-0", "generator-1", "trainer-0", "verifier-0"]
         # SIGTERM drains a replica: it finishes (and publishes) its batch, then exits 0
         s = stack.streams()
-        while s.r.llen(s.key("trainer:steps")) < 1:
+        # both replicas have published work before one is stopped: a SIGKILLed replica loses its
+        # batch in flight, so without this the other may have produced every rollout of the run
+        while s.r.llen(s.key("trainer:steps")) < 1 or "generator-1" not in producers(s):
             stack.supervise()
             time.sleep(0.1)
+        assert stack.proc("trainer-0").popen.poll() is None  # the run is still going
         replica = stack.proc("generator-1").popen
         if transport == "collective":
             stack.kill("generator-1", signal.SIGKILL)
@@ -75,7 +82,7 @@ def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_pa
         rollouts = [decode(f[b"data"]) for _, f in s.r.xrange(s.key(streams.ROLLOUTS))]
         per_prompt = Counter(g.prompt.prompt_id for g in rollouts)
         assert max(per_prompt.values()) == 1  # no group generated twice
-        assert {g.generator_id for g in rollouts} == {"generator-0", "generator-1"}
+        assert producers(s) == {"generator-0", "generator-1"}
         counts = Ledger(s).counts()
         assert counts["trained"] == STEPS * cfg.trainer.groups_per_step
         assert counts["enqueued"] == counts["trained"] + counts["dropped"]
