@@ -37,7 +37,7 @@ def heldout_reward(model_dir: str, problems, k: int, max_tokens: int, temperatur
             p = group[i // k]
             stop = eos in comp
             text = tok.decode(comp[: comp.index(eos)] if stop else comp, skip_special_tokens=True)
-            items.append((text, str(p.answer), "math",
+            items.append((text, p.gold, "math",
                           VerifyOptions(finish_reason="stop" if stop else "length", strict=True)))
     verdicts = scorer.score_batch(items)
     n = len(verdicts)

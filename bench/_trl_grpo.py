@@ -31,7 +31,7 @@ def main(spec_path: str, out_path: str) -> None:
 
     from services.common.config import TaskConfig, VerifierConfig
     from services.common.verify_api import VerifyOptions
-    from services.trainer.task import make_task
+    from services.data.tasks import make_task
     from services.verifier.scoring import Scorer
 
     logging.getLogger("transformers").setLevel(logging.ERROR)

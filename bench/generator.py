@@ -44,7 +44,7 @@ def gen_config(**kw):
 
 def prompts() -> list[str]:
     from services.common.config import TaskConfig
-    from services.trainer.task import make_task
+    from services.data.tasks import make_task
 
     task = make_task(TaskConfig(seed=4242))
     return [task.problem(i).prompt for i in range(N_PROMPTS)]

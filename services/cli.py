@@ -150,6 +150,8 @@ def status(run_dir: Annotated[str, typer.Option(help="run directory of `t1 up`/`
             table.add_row(f"generator {name.decode()} last sync", sync_summary(sync))
     if (raw := s.r.get(s.key("trainer:broadcast"))) is not None:
         table.add_row("trainer last broadcast", broadcast_summary(json.loads(raw)))
+    if (raw := s.r.get(s.key("feeder:source"))) is not None:
+        table.add_row("prompts", source_summary(json.loads(raw), int(s.r.get(s.key("feeder:cursor")) or 0)))
     for stream in (streams.PROMPTS, streams.ROLLOUTS, streams.SCORED, streams.DEAD):
         table.add_row(f"stream {stream}", str(s.length(stream)))
     for k, v in sorted(Ledger(s).counts().items()):
@@ -168,6 +170,16 @@ def sync_summary(sync: dict) -> str:
             if "gate_max_difference" in sync else ", no probe")
     via = f" by {sync['via']}" if "via" in sync else ""
     return f"v{sync['version']}{via} in {sync['seconds']:.2f} s{gate}"
+
+
+def source_summary(identity: dict, cursor: int) -> str:
+    """Where the feeder's prompts come from and how far it is, as ``t1 status`` shows it."""
+    if not identity.get("size"):
+        return f"task {identity.get('name')}: {cursor} enqueued"
+    epoch, position = divmod(cursor, identity["size"])
+    if cursor and not position:  # an epoch just completed, not the next one begun
+        epoch, position = epoch - 1, identity["size"]
+    return f"{identity['name']}: epoch {epoch + 1}, {position}/{identity['size']} records ({cursor} enqueued)"
 
 
 def broadcast_summary(result: dict) -> str:
@@ -341,8 +353,20 @@ def synthesize(data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.p
                   f"rejected, {stats.llm_rewrites} LLM rewrites) in {stats.seconds:.1f}s -> {out}")
 
 
-def _eval_setup(config: str, sets: list[str] | None, models: list[str]) -> T1Config:
-    """Config and checks shared by the commands that load checkpoints into an in-process engine."""
+DataOpt = Annotated[Optional[str], typer.Option(
+    "--data", help="problems to evaluate on: .jsonl/.json/.parquet or a datasets directory (MATH, "
+    "GSM8K or prompt/gold records), in file order (default: data.eval, else the task's held-out set)")]
+SplitOpt = Annotated[Optional[str], typer.Option("--split", help="split of a datasets directory")]
+EvalN = Annotated[Optional[int], typer.Option(
+    "--n", min=1, help="problems: the first N (default: all of a file; eval_problems of the task)")]
+
+
+def _eval_setup(config: str, sets: list[str] | None, models: list[str], data: str | None,
+                split: str | None, n: int | None) -> tuple[T1Config, list]:
+    """Config, checks and problems shared by the commands that load checkpoints into an
+    in-process engine; every mistake here ends before the engine starts."""
+    from services.evaluation import heldout_problems
+
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     _quiet_libraries()
     cfg = _load(config, sets)
@@ -350,22 +374,59 @@ def _eval_setup(config: str, sets: list[str] | None, models: list[str]) -> T1Con
     if missing:
         console.print(f"[red]not a model directory (no config.json):[/red] {', '.join(missing)}")
         raise typer.Exit(2)
-    return cfg
+    if split is not None and data is None:
+        console.print("[red]--split needs --data[/red]")
+        raise typer.Exit(2)
+    if data is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval": data, "eval_split": split})})
+    try:
+        problems = heldout_problems(cfg, n)
+    except (OSError, ValueError, ImportError) as exc:
+        console.print(f"[red]bad data:[/red] {exc}")
+        raise typer.Exit(2) from None
+    return cfg, problems
+
+
+def _problem_set(cfg: T1Config, problems: list) -> str:
+    return f"{len(problems)} problems of {problems[0].source}" if cfg.data.eval else \
+        f"{len(problems)} held-out problems"
+
+
+def _write_problems(path: Path, results: dict[str, dict]) -> None:
+    """One line per (model, problem): responses, verdicts, per-budget correctness."""
+    with path.open("w") as f:
+        for label, r in results.items():
+            for record in r["problems"]:
+                f.write(json.dumps({"model": label, **record}) + "\n")
+
+
+def _evaluate(cfg: T1Config, models: list[str], problems: list, title: str, **kw) -> dict[str, dict]:
+    from services.evaluation import evaluate_checkpoints
+
+    console.print(f"{title}: {len(models)} model(s) on {_problem_set(cfg, problems)}")
+    started = time.monotonic()
+
+    def done(label: str, _result: dict) -> None:
+        console.print(f"  {label}: done ({time.monotonic() - started:.0f}s)")
+
+    return evaluate_checkpoints(cfg, {m: m for m in models}, problems=problems, progress=done, **kw)
 
 
 @app.command("eval")
 def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model dir; repeat to compare "
                                                                   "checkpoints of one run")],
-          config: ConfigOpt = "tiny", set: SetOpt = None,
-          n: Annotated[int, typer.Option(help="held-out problems", min=1)] = 200,
-          k: Annotated[int, typer.Option(help="samples per problem for pass@k / maj@k")] = 8,
-          out: Annotated[str, typer.Option(help="where scaling.png and eval.json go")] = "runs/eval") -> None:
-    """Held-out greedy / pass@1 / pass@k / maj@k and the inference-scaling curve per checkpoint."""
-    from services.evaluation import evaluate_checkpoints, plot_scaling
+          config: ConfigOpt = "tiny", set: SetOpt = None, data: DataOpt = None, split: SplitOpt = None,
+          n: EvalN = None,
+          k: Annotated[int, typer.Option(min=1, help="samples per problem for pass@k / maj@k")] = 8,
+          out: Annotated[str, typer.Option(help="where eval.json, problems.jsonl and scaling.png go")]
+          = "runs/eval") -> None:
+    """Greedy / pass@1 / pass@k / maj@k and the inference-scaling curve per checkpoint, on the
+    held-out problems or a file's; every response and verdict goes to problems.jsonl."""
+    from services.evaluation import plot_scaling
 
-    cfg = _eval_setup(config, set, models)
-    results = evaluate_checkpoints(cfg, {m: m for m in models}, n=n, k=k)
-    table = Table(title=f"held-out accuracy ({n} problems, k={k})")
+    cfg, problems = _eval_setup(config, set, models, data, split, n)
+    results = _evaluate(cfg, models, problems, "evaluating", k=k)
+    table = Table(title=f"accuracy ({_problem_set(cfg, problems)}, k={k})")
     for col in ("model", "greedy", "pass@1", f"pass@{k}", f"maj@{k}"):
         table.add_column(col)
     for label, r in results.items():
@@ -378,7 +439,9 @@ def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model di
     (out_dir / "eval.json").write_text(json.dumps(
         {label: {"accuracy": vars(r["accuracy"]), "scaling": r["scaling"]} for label, r in results.items()},
         indent=2))
-    console.print(f"scaling curve: {out_dir / 'scaling.png'}; numbers: {out_dir / 'eval.json'}")
+    _write_problems(out_dir / "problems.jsonl", results)
+    console.print(f"numbers: {out_dir / 'eval.json'}; per problem: {out_dir / 'problems.jsonl'}; "
+                  f"scaling curve: {out_dir / 'scaling.png'}")
 
 
 @app.command()
@@ -386,25 +449,26 @@ def scaling(models: Annotated[list[str], typer.Option("--model", help="HF model 
                                                                    "several checkpoints on one figure")],
             budgets: Annotated[Optional[str], typer.Option(
                 help="comma-separated token budgets (default: 4 .. generator.max_tokens)")] = None,
-            n: Annotated[int, typer.Option(help="held-out problems", min=1)] = 200,
-            out: Annotated[str, typer.Option(help="where scaling.png and scaling.json go")] = "runs/scaling",
+            data: DataOpt = None, split: SplitOpt = None, n: EvalN = None,
+            out: Annotated[str, typer.Option(help="where scaling.json, problems.jsonl and scaling.png go")]
+            = "runs/scaling",
             config: ConfigOpt = "tiny", set: SetOpt = None) -> None:
     """T1's inference scaling: greedy accuracy when the reasoning is cut at each token budget and
     the answer is forced, for each checkpoint."""
-    from services.evaluation import evaluate_checkpoints, plot_scaling
+    from services.evaluation import plot_scaling
 
-    cfg = _eval_setup(config, set, models)
     try:
         chosen = sorted({int(b) for b in budgets.split(",")}) if budgets else None
     except ValueError:
         console.print(f"[red]--budgets must be comma-separated integers[/red], not {budgets!r}")
         raise typer.Exit(2) from None
+    cfg, problems = _eval_setup(config, set, models, data, split, n)
     if chosen is not None and (chosen[0] < 1 or chosen[-1] > cfg.generator.max_tokens):
         console.print(f"[red]budgets must lie in 1..generator.max_tokens ({cfg.generator.max_tokens})[/red]")
         raise typer.Exit(2)
-    results = evaluate_checkpoints(cfg, {m: m for m in models}, n=n, budgets=chosen, accuracy=False)
+    results = _evaluate(cfg, models, problems, "measuring the budget curve", budgets=chosen, accuracy=False)
     curves = {label: r["scaling"] for label, r in results.items()}
-    table = Table(title=f"greedy accuracy by reasoning budget ({n} held-out problems)")
+    table = Table(title=f"greedy accuracy by reasoning budget ({_problem_set(cfg, problems)})")
     table.add_column("model")
     for b in sorted(next(iter(curves.values()))):
         table.add_column(str(b))
@@ -415,7 +479,9 @@ def scaling(models: Annotated[list[str], typer.Option("--model", help="HF model 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_scaling(curves, out_dir / "scaling.png")
     (out_dir / "scaling.json").write_text(json.dumps(curves, indent=2))
-    console.print(f"scaling curve: {out_dir / 'scaling.png'}; numbers: {out_dir / 'scaling.json'}")
+    _write_problems(out_dir / "problems.jsonl", results)
+    console.print(f"numbers: {out_dir / 'scaling.json'}; per problem: {out_dir / 'problems.jsonl'}; "
+                  f"scaling curve: {out_dir / 'scaling.png'}")
 
 
 @app.command()

@@ -19,23 +19,23 @@ from dataclasses import dataclass
 
 from services.common.config import T1Config
 from services.common.verify_api import VerifyOptions
-from services.trainer.task import Problem, make_task
+from services.data.loaders import MathProblem
+from services.data.prompt_source import first, prompt_source
 
 FORCE_ANSWER = " \\boxed{"
-VALIDATION_OFFSET = 1_000_000
 
 
-def heldout_problems(cfg: T1Config, n: int) -> list[Problem]:
-    """Held-out prompts: same task, a separate seed, never seen by SFT or RL."""
-    task = make_task(cfg.task, split="heldout")
-    return [task.problem(i) for i in range(n)]
+def heldout_problems(cfg: T1Config, n: int | None) -> list[MathProblem]:
+    """The reported problems: the first ``n`` of ``data.eval`` (all when None), else the task's
+    held-out problems, never seen by SFT or RL (``n`` None: ``eval_problems``)."""
+    source = prompt_source(cfg, "eval")
+    return first(source, n if n is not None or source.size is not None else cfg.eval_problems)
 
 
-def validation_problems(cfg: T1Config, n: int) -> list[Problem]:
-    """Held-out-seed problems far past the evaluation's indices: for choosing when to stop
-    (SFT's plateau) without looking at the problems that are finally reported."""
-    task = make_task(cfg.task, split="validation")
-    return [task.problem(VALIDATION_OFFSET + i) for i in range(n)]
+def validation_problems(cfg: T1Config, n: int) -> list[MathProblem]:
+    """Problems for choosing when to stop (SFT's plateau) without looking at the problems that
+    are finally reported: the task's validation bucket."""
+    return first(prompt_source(cfg, "validation"), n)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -96,8 +96,10 @@ class Evaluator:
                  for text, f, gold in texts_finish_gold]
         return self.scorer.score_batch(items)
 
-    def accuracy(self, problems: list[Problem], k: int, temperature: float,
-                 max_tokens: int) -> Accuracy:
+    def accuracy(self, problems: list[MathProblem], k: int, temperature: float,
+                 max_tokens: int, records: list[dict] | None = None) -> Accuracy:
+        """``records``, when given, receives one dict per problem: its greedy and sampled
+        responses with their verdicts (the per-problem file beside a report)."""
         prompts = [p.prompt for p in problems]
         greedy = self.greedy(prompts, max_tokens)
         sampled = self.engine.generate(prompts, self.engine.sampling_params(
@@ -105,22 +107,30 @@ class Evaluator:
         greedy_each, pass1_each = [], []
         passk = maj = 0.0
         for p, g, s in zip(problems, greedy, sampled):
-            gold = str(p.answer)
-            greedy_each.append(float(self._verdicts([(g.text, g.finish_reason, gold)])[0].correct))
+            gold = p.gold
+            gv = self._verdicts([(g.text, g.finish_reason, gold)])[0]
+            greedy_each.append(float(gv.correct))
             verdicts = self._verdicts([(x.text, x.finish_reason, gold) for x in s.samples])
             c = sum(v.correct for v in verdicts)
             pass1_each.append(c / k)
             passk += pass_at_k(k, c, k)
             votes = Counter(v.extracted for v in verdicts if v.extracted is not None)
+            top = votes.most_common(1)[0][0] if votes else None
             if votes:
-                top = votes.most_common(1)[0][0]
                 maj += any(v.correct for v in verdicts if v.extracted == top)
+            if records is not None:
+                records.append({
+                    "source": p.source, "index": p.index, "prompt": p.prompt, "gold": gold,
+                    "greedy": _response(g, gv), "samples": [_response(x, v) for x, v in zip(s.samples, verdicts)],
+                    "pass1": c / k, "majority_answer": top})
         n = len(problems)
         return Accuracy(sum(greedy_each) / n, sum(pass1_each) / n, passk / n, maj / n, k, n,
                         tuple(greedy_each), tuple(pass1_each))
 
-    def scaling(self, problems: list[Problem], budgets: list[int]) -> dict[int, float]:
-        """Greedy accuracy when the reasoning may use at most ``budget`` tokens.
+    def scaling(self, problems: list[MathProblem], budgets: list[int],
+                records: list[dict] | None = None) -> dict[int, float]:
+        """Greedy accuracy when the reasoning may use at most ``budget`` tokens (``records``:
+        each problem's dict gets ``budgets``, budget -> correct, made if empty).
 
         A greedy response cut at ``budget`` tokens is the first ``budget`` tokens of the greedy
         response at the largest budget, so one generation serves every budget; per budget only
@@ -141,10 +151,21 @@ class Evaluator:
                     self.engine.sampling_params(n=1, temperature=0.0, max_tokens=12, top_p=1.0))
                 for i, g in zip(unfinished, forced):
                     texts[i] = texts[i] + FORCE_ANSWER + g.samples[0].text.split("}")[0] + "}"
-            verdicts = self._verdicts([(t, "stop", str(p.answer)) for t, p in zip(texts, problems)])
+            verdicts = self._verdicts([(t, "stop", p.gold) for t, p in zip(texts, problems)])
             correct = sum(v.correct for v in verdicts)
             out[budget] = correct / len(problems)
+            if records is not None:
+                if not records:
+                    records.extend({"source": p.source, "index": p.index, "prompt": p.prompt,
+                                    "gold": p.gold} for p in problems)
+                for record, v in zip(records, verdicts):
+                    record.setdefault("budgets", {})[budget] = v.correct
         return out
+
+
+def _response(sample, verdict) -> dict:
+    return {"text": sample.text, "finish_reason": sample.finish_reason, "correct": verdict.correct,
+            "extracted": verdict.extracted, "status": verdict.status}
 
 
 def greedy_hf(model, tokenizer, prompts: list[str], max_tokens: int,
@@ -169,10 +190,10 @@ def greedy_hf(model, tokenizer, prompts: list[str], max_tokens: int,
     return out_texts
 
 
-def greedy_accuracy_hf(model, tokenizer, problems: list[Problem], max_tokens: int, scorer) -> float:
+def greedy_accuracy_hf(model, tokenizer, problems: list[MathProblem], max_tokens: int, scorer) -> float:
     """Greedy held-out accuracy of an in-memory model (see ``greedy_hf``)."""
     responses = greedy_hf(model, tokenizer, [p.prompt for p in problems], max_tokens)
-    items = [(text, str(p.answer), "math", VerifyOptions(finish_reason=f))
+    items = [(text, p.gold, "math", VerifyOptions(finish_reason=f))
              for (text, f), p in zip(responses, problems)]
     return sum(v.correct for v in scorer.score_batch(items)) / max(len(problems), 1)
 
@@ -196,17 +217,18 @@ def plot_scaling(curves: dict[str, dict[int, float]], path) -> None:
     plt.close(fig)
 
 
-def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int = 200, k: int = 8,
+def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int | None = 200, k: int = 8,
                          budgets: list[int] | None = None, progress=None,
-                         accuracy: bool = True) -> dict[str, dict]:
-    """Accuracy and scaling curve for each checkpoint, on one engine reloaded in place.
+                         accuracy: bool = True, problems: list[MathProblem] | None = None) -> dict[str, dict]:
+    """Accuracy, scaling curve and per-problem records for each checkpoint, on one engine
+    reloaded in place, on ``problems`` (default: ``heldout_problems(cfg, n)``).
 
     All checkpoints must share an architecture (as the versions of one run do).
     """
     from services.generator.engine import RolloutEngine
     from services.verifier.scoring import Scorer
 
-    problems = heldout_problems(cfg, n)
+    problems = problems if problems is not None else heldout_problems(cfg, n)
     budgets = budgets or default_budgets(cfg.generator.max_tokens)
     labels = list(models)
     engine = RolloutEngine(models[labels[0]], cfg.generator)
@@ -217,9 +239,11 @@ def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int = 200, k:
         for i, label in enumerate(labels):
             if i:
                 engine.load_weights(models[label])
-            acc = (evaluator.accuracy(problems, k, cfg.eval_sampling_temperature, cfg.generator.max_tokens)
-                   if accuracy else None)
-            results[label] = {"accuracy": acc, "scaling": evaluator.scaling(problems, budgets)}
+            records: list[dict] = []
+            acc = (evaluator.accuracy(problems, k, cfg.eval_sampling_temperature, cfg.generator.max_tokens,
+                                      records) if accuracy else None)
+            results[label] = {"accuracy": acc, "scaling": evaluator.scaling(problems, budgets, records),
+                              "problems": records}
             if progress:
                 progress(label, results[label])
     finally:

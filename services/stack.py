@@ -59,6 +59,8 @@ class Stack:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "Stack":
+        if self.procs:  # a second start would run every service twice, on the same ports
+            raise RuntimeError("this stack is already started")
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         if threading.current_thread() is threading.main_thread():
             # Python's default SIGTERM ends the process without unwinding, which would orphan

@@ -55,7 +55,7 @@ LinearRetry = Literal["division", "redo"]  # task.linear_retry
 
 
 class TaskConfig(Section):
-    # The procedural task family (services/trainer/task.py, docs/tasks.md)
+    # The procedural task family (services/data/tasks.py, docs/tasks.md)
     name: Literal["addition", "fractions", "linear", "mix"] = "addition"
     digits: int = 2  # addition: digits per operand
     operands: int = 2
@@ -83,6 +83,21 @@ class TaskConfig(Section):
     wrong_first_share: float = Field(0.3, ge=0, le=1)
     seed: int = 1234
     eval_seed: int = 99991  # held-out prompts come from a separate stream
+
+
+class DataConfig(Section):
+    # RL prompts: a dataset you bring -- a .jsonl/.json/.parquet file or a `datasets` directory
+    # of prompt/gold, MATH or GSM8K records (docs/data.md) -- or, unset, the procedural task
+    train: str | None = None
+    train_split: str | None = None  # a split of a `datasets` directory
+    # what `t1 eval`, `t1 scaling` and the demo report on, in file order (unset: the task's
+    # held-out problems)
+    eval: str | None = None
+    eval_split: str | None = None
+    shuffle_seed: int = 0  # data.train is visited in a permutation drawn from (seed, epoch)
+    # end the run after this many passes over data.train (unset: trainer.total_steps alone);
+    # the run ends at whichever comes first, the last batch smaller if the data runs out
+    epochs: int | None = Field(None, ge=1)
 
 
 class GeneratorConfig(Section):
@@ -310,6 +325,7 @@ class T1Config(BaseModel):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
@@ -319,6 +335,9 @@ class T1Config(BaseModel):
         if self.generator.weight_transport == "collective" and not self.trainer.weight_broadcast:
             raise ValueError("generator.weight_transport=collective needs trainer.weight_broadcast=true "
                              "(no trainer would send)")
+        if self.data.epochs is not None and not self.data.train:
+            raise ValueError("data.epochs counts passes over data.train, which is not set "
+                             "(the procedural task is endless: trainer.total_steps ends its runs)")
         return self
 
     @property

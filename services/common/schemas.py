@@ -35,6 +35,7 @@ class Prompt(Message, tag="prompt"):
     gold: str
     task: str = "math"
     enqueued_at_version: int = 0
+    origin: str = ""  # the record it came from: "<file or task>#<record index>"
 
 
 class Sample(msgspec.Struct, frozen=True, kw_only=True):

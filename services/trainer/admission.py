@@ -54,7 +54,14 @@ class Admission:
         self.next = Batch()
 
     def full(self) -> bool:
-        return len(self.current.groups) >= self.tc.groups_per_step
+        """A batch to train: ``groups_per_step`` groups, or, once the data has run out (the
+        configured epochs), every group still in flight."""
+        n = len(self.current.groups)
+        return n >= self.tc.groups_per_step or (n > 0 and self.drained())
+
+    def drained(self) -> bool:
+        """The data has run out and every group still in flight is in the current batch."""
+        return self.feeder.exhausted and self.ledger.in_flight() == len(self.current.groups)
 
     def fill(self, version: int) -> None:
         """Top the prompts up and read what the current batch still lacks (blocking briefly)."""

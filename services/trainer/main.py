@@ -35,14 +35,17 @@ def serve(cfg: T1Config, name: str | None = None) -> int:
     # No in-process retry on Redis errors: a step whose commit transaction failed has already
     # changed the weights in memory, so the trainer exits and the supervisor restarts it from the
     # checkpoint of the last committed version.
-    trainer = RLTrainer(cfg, s, consumer_name("trainer", name))
+    try:
+        trainer = RLTrainer(cfg, s, consumer_name("trainer", name))
+    except ValueError as exc:  # bad settings or data: one line, not a traceback
+        raise SystemExit(f"t1 trainer: {exc}") from None
     stop_on_signals(trainer.stop_event)
     state.update(ready=True, version=trainer.version)
     try:
-        while trainer.version < cfg.trainer.total_steps and not trainer.stopping:
+        while not trainer.done and not trainer.stopping:
             trainer.run_once()
             state["version"] = trainer.version
-        if trainer.version >= cfg.trainer.total_steps:
+        if trainer.done:
             trainer.finish()
             return 0
     finally:

@@ -30,6 +30,7 @@ from services.common.ledger import Ledger
 from services.common.logs import event
 from services.common.schemas import ScoredGroup
 from services.common.weight_probe import WeightProbe, probe_logprobs, probe_token_ids
+from services.data.prompt_source import prompt_source
 from services.trainer import dist
 from services.trainer.admission import Admission, Batch
 from services.trainer.anchor import Anchor
@@ -38,7 +39,6 @@ from services.trainer.feeder import Feeder
 from services.trainer.policy import Policy
 from services.trainer.publication import Publication
 from services.trainer.rl_loss import StepLoss
-from services.trainer.task import make_task
 
 log = logging.getLogger(__name__)
 GROUP = "trainer"
@@ -129,13 +129,14 @@ class RLTrainer:
                         "announcement, fresh optimizer state, anchor = policy", committed, resume_from)
         self.stop_event = threading.Event()
         self.stopped = False  # a stop agreed by all ranks: every rank leaves the loop together
+        self.data_done = False  # data.epochs ran out and every group was trained or dropped
         if self.main:
             ledger = Ledger(s)
             consumer = streams.Consumer(s, streams.SCORED, GROUP, name, ScoredGroup,
                                         cfg.redis.visibility_timeout_s, cfg.redis.block_ms,
                                         on_poison=ledger.mark_poisoned)
-            self.feeder = Feeder(s, ledger, make_task(cfg.task),
-                                 (self.tc.max_staleness + 1) * self.tc.groups_per_step)
+            self.feeder = Feeder(s, ledger, prompt_source(cfg, "train"),
+                                 (self.tc.max_staleness + 1) * self.tc.groups_per_step, cfg.data.epochs)
             self.admission = Admission(s, ledger, consumer, self.feeder, self.tc)
             self.publication = Publication(cfg, s, ledger, consumer, self.version)
         event(log, "trainer ready", version=self.version, start=str(start), rank=dist.rank(),
@@ -184,6 +185,7 @@ class RLTrainer:
         if self.main:
             self.admission.fill(self.version)
             batch = self.admission.current if self.admission.full() else None
+            self.data_done = batch is None and self.admission.drained()
         if dist.world_size() > 1:
             # A stop on any rank (SIGTERM to one pod of a multi-node run) stops them all here,
             # between steps; the unfinished batch stays pending in Redis for the restart.
@@ -192,11 +194,16 @@ class RLTrainer:
                 return None
             blob = msgspec.msgpack.encode(batch.groups) if batch is not None else None
             counts = (batch.offered, batch.unscored) if batch is not None else (0, 0)
-            blob, (offered, unscored) = dist.broadcast((blob, counts))
+            blob, (offered, unscored), self.data_done = dist.broadcast((blob, counts, self.data_done))
             if not self.main and blob is not None:
                 batch = Batch(groups=msgspec.msgpack.decode(blob, type=list[ScoredGroup]),
                               offered=offered, unscored=unscored)
         return self.train_step(batch) if batch is not None else None
+
+    @property
+    def done(self) -> bool:
+        """The run is over: its step budget is spent, or its data (``data.epochs``) is."""
+        return self.version >= self.tc.total_steps or self.data_done
 
     @property
     def stopping(self) -> bool:
@@ -213,4 +220,5 @@ class RLTrainer:
         pipe.set(self.s.key("trainer:finished"), self.version)
         pipe.execute()
         self.publication.close()
-        event(log, "run finished", version=self.version, **self.admission.ledger.counts())
+        event(log, "run finished", version=self.version, epoch=self.feeder.epoch,
+              **self.admission.ledger.counts())

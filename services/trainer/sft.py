@@ -24,13 +24,13 @@ import torch
 from services.common.config import T1Config
 from services.common.logs import event
 from services.common.weights import copy_tokenizer_files
+from services.data.tasks import Task, make_task
 from services.trainer import dist
 from services.trainer.accumulate import backward_passes
 from services.trainer.dist import barrier, broadcast, full_params, is_main, local_cores
 from services.trainer.packing import micro_batches, pack
 from services.trainer.policy import Policy
 from services.trainer.step_log import StepLogger
-from services.trainer.task import Task, make_task
 
 log = logging.getLogger(__name__)
 

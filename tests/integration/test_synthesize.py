@@ -21,10 +21,10 @@ from services.data.synthesize import (
     template_trace,
     unbox,
 )
+from services.data.tasks import AdditionTask
 from services.generator.engine import RolloutEngine
 from services.generator.http import LoopServer, add_openai_error_handlers, mount_openai
 from services.trainer.sft import build_sft_examples, load_sft_records, run_sft
-from services.trainer.task import AdditionTask
 from services.verifier.extract import last_boxed
 
 ATTEMPTS = 4

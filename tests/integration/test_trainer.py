@@ -17,8 +17,8 @@ from services.common import streams, weights
 from services.common.config import VerifierConfig
 from services.common.ledger import Ledger
 from services.common.schemas import Prompt, RolloutGroup, Sample, ScoredGroup
+from services.data.tasks import AdditionTask
 from services.trainer.rl import RLTrainer
-from services.trainer.task import AdditionTask
 from services.verifier.scoring import Scorer
 
 K = 4

@@ -27,8 +27,8 @@ from services.common import streams
 from services.common.config import load_config
 from services.common.ledger import Ledger
 from services.common.net import free_port
+from services.data.task_source import TaskSource
 from services.trainer.feeder import Feeder
-from services.trainer.task import AdditionTask
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS, STEPS = 3, 2  # 3 groups on 2 ranks: an uneven shard, so the global token mean matters
@@ -50,7 +50,7 @@ def config(run_dir, model_dir, redis_url, prefix, *extra):
 def publish_fixed_batch(s, cfg, tok, model, grader, n=GROUPS * STEPS):
     """n prompts admitted and scored (behaviour log-probs of the base model): the same bytes
     under any prefix, since prompts and samples are deterministic in the prompt index."""
-    Feeder(s, Ledger(s), AdditionTask(cfg.task.digits, cfg.task.operands, cfg.task.seed), n).top_up(0)
+    Feeder(s, Ledger(s), TaskSource(cfg.task), n).top_up(0)
     for i, p in enumerate(take_prompts(s, n)):
         s.publish(streams.SCORED, scored_group(p, tok, model, grader, n_correct=1 + i % 3))
 

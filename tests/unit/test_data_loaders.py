@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from services.data.loaders import MathProblem, format_prompt, load_problems
-from services.trainer.task import AdditionTask
+from services.data.tasks import AdditionTask
 
 MATH = {"problem": "Simplify $\\frac{2}{4}$.",
         "solution": "First \\boxed{2/4} is not simplest; $\\frac{2}{4} = \\boxed{\\frac{1}{2}}$."}

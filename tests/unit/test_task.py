@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.config import TaskConfig, VerifierConfig, load_config
-from services.trainer.task import AdditionTask, FractionsTask, LinearTask, make_task
+from services.data.tasks import AdditionTask, FractionsTask, LinearTask, make_task
 from services.verifier.extract import last_boxed
 
 NEW_FAMILIES = ("fractions", "linear")

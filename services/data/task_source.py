@@ -1,0 +1,35 @@
+"""Prompts from the procedural task family (``services/data/tasks.py``): the embedded default."""
+
+from __future__ import annotations
+
+import hashlib
+
+from services.common.config import TaskConfig
+from services.data.loaders import MathProblem
+from services.data.tasks import Split, make_task
+
+# Validation problems are indexed far past evaluation's, which is what keeps the two apart for
+# addition (whose held-out and validation problems share a seed)
+VALIDATION_OFFSET = 1_000_000
+
+
+class TaskSource:
+    """The configured task's stream for one split; endless, a pure function of the index."""
+
+    size = None
+
+    def __init__(self, cfg: TaskConfig, split: Split = "train") -> None:
+        self.cfg = cfg
+        self.split = split
+        self.task = make_task(cfg, split)
+        self.offset = VALIDATION_OFFSET if split == "validation" else 0
+
+    def problem(self, index: int) -> MathProblem:
+        p = self.task.problem(self.offset + index)
+        return MathProblem(p.prompt, str(p.answer), f"task:{p.family}:{self.split}", self.offset + index)
+
+    def identity(self) -> dict:
+        # the prompts themselves, not the config: SFT-only task settings do not change them
+        digest = hashlib.sha256("\n".join(f"{p.prompt}\t{p.gold}" for p in map(self.problem, range(64)))
+                                .encode()).hexdigest()[:16]
+        return {"kind": "task", "name": self.cfg.name, "size": None, "split": self.split, "digest": digest}
