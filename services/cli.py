@@ -278,6 +278,9 @@ def sft(data: Annotated[str, typer.Option(help="jsonl: prompt/response, problem/
     if not (Path(model) / "config.json").exists():
         console.print(f"[red]not a model directory (no config.json):[/red] {model}")
         raise typer.Exit(2)
+    if cfg.trainer.sft_steps < 1:  # 0 steps would write the input weights back as the output
+        console.print("[red]trainer.sft_steps is 0[/red]: nothing to train; --set trainer.sft_steps=N")
+        raise typer.Exit(2)
     try:
         pairs = load_sft_records(data, AutoTokenizer.from_pretrained(model))
     except (OSError, ValueError) as exc:

@@ -2,6 +2,12 @@
 
 Precedence (last wins): model defaults < preset YAML < ``--config`` file < ``T1__SECTION__KEY``
 environment variables < ``--set section.key=value`` CLI overrides.
+
+A YAML file layers on the file or preset its top-level ``extends:`` names (a preset name, or a
+path relative to the file), and a file without ``extends`` on the default preset (``tiny``), so
+a file of a few keys changes those keys only. ``extends: null`` stands alone on the model
+defaults: the presets themselves, the chart's ConfigMap and the config a stack writes for its
+services say so.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS_DIR = REPO_ROOT / "configs"
+DEFAULT_PRESET = "tiny"
 ENV_PREFIX = "T1__"
 
 
@@ -393,15 +400,34 @@ def resolve_preset(name_or_path: str) -> Path:
     raise FileNotFoundError(f"no config file or preset named {name_or_path!r}; presets: {known}")
 
 
+def read_layers(name_or_path: str, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The settings a preset or file stands for: what its ``extends`` names (a file without
+    one: the default preset; ``null``: nothing), then the file's own keys on top."""
+    path = resolve_preset(name_or_path).resolve()
+    if path in _chain:
+        raise ValueError(f"{path}: extends itself ({' -> '.join(p.name for p in (*_chain, path))}); "
+                         "a preset says `extends: null`")
+    tree = _read_yaml(path)
+    base = tree.pop("extends", DEFAULT_PRESET)
+    if base is None:
+        return tree
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: extends must name a preset or a YAML file (or be null), not {base!r}")
+    if Path(base).suffix in (".yaml", ".yml") and not Path(base).is_absolute():
+        base = str(path.parent / base)
+    return _merge(read_layers(base, (*_chain, path)), tree)
+
+
 def load_config(
     config: str | None = None,
     overrides: list[str] | None = None,
     environ: dict[str, str] | None = None,
 ) -> T1Config:
-    """Build the config from a preset/file, then env (``T1__TRAINER__LR=1e-5``), then overrides."""
+    """Build the config from a preset/file (``read_layers``), then env
+    (``T1__TRAINER__LR=1e-5``), then overrides."""
     tree: dict[str, Any] = {}
     if config:
-        tree = _merge(tree, _read_yaml(resolve_preset(config)))
+        tree = read_layers(config)
     env = os.environ if environ is None else environ
     for key, raw in sorted(env.items()):
         if key.startswith(ENV_PREFIX):
@@ -420,8 +446,9 @@ def _apply_overrides(tree: dict[str, Any], overrides: list[str]) -> None:
 
 
 def dump_config(cfg: T1Config, path: Path) -> None:
+    """Every setting, standalone: loading the file gives back ``cfg`` exactly."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    path.write_text(yaml.safe_dump({"extends": None, **cfg.model_dump(mode="json")}, sort_keys=False))
 
 
 def with_overrides(cfg: T1Config, overrides: list[str]) -> T1Config:

@@ -28,7 +28,7 @@ from test_trainer_distributed import GROUPS, OVERRIDES, publish_fixed_batch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.common import streams
-from services.common.config import load_config
+from services.common.config import dump_config, load_config
 from services.common.ledger import Ledger
 from services.common.net import free_port
 from services.trainer.main import PEER_STOPPED
@@ -92,7 +92,7 @@ def test_chart_command_runs_two_nodes_and_a_stop_on_either_stops_both(tmp_path, 
                                 *OVERRIDES, "trainer.total_steps=3", "trainer.checkpoint_interval=0",
                                 "trainer.dist_timeout_s=120"], environ={})
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    dump_config(cfg, config)
 
     command, master_port = chart_trainer_command(), free_port()
     ports = [free_port() for _ in range(NODES)]
