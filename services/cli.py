@@ -132,11 +132,11 @@ def status(run_dir: Annotated[str, typer.Option(help="run directory of `t1 up`/`
             raise typer.Exit(2)
         info = json.loads(info_file.read_text())
         redis_url, prefix = info["redis_url"], info.get("prefix", prefix)
-    s = streams.Streams(streams.connect(redis_url), prefix)
     try:
+        s = streams.Streams(streams.connect(redis_url), prefix)
         s.r.ping()
-    except Exception as exc:
-        console.print(f"[red]Redis at {redis_url} not reachable[/red]: {exc}")
+    except Exception as exc:  # a malformed URL (ValueError) or no answer
+        console.print(f"[red]Redis at {streams.redacted(redis_url)} not reachable[/red]: {exc}")
         raise typer.Exit(1) from None
     table = Table(title=f"t1 status ({redis_url})")
     table.add_column("what")

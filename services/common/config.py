@@ -42,6 +42,9 @@ class RedisConfig(Section):
     # crashes or fails whoever reads it): it goes to the dead-letter stream and its prompt is
     # dropped as `poison` in the ledger (0: retry for ever).
     max_deliveries: int = Field(5, ge=0)
+    # A service waits this long at start for Redis to answer (in a cluster it may start first),
+    # then exits with a one-line reason and leaves the restart to its supervisor
+    connect_wait_s: float = Field(30.0, ge=0)
 
 
 class ModelConfig(Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +11,21 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
+
+log = logging.getLogger(__name__)
+
+
+def await_listening(server: uvicorn.Server, alive: Callable[[], bool], timeout_s: float) -> None:
+    """Until ``server`` listens (then say where), or a one-line exit: its port is taken or it
+    died starting. ``alive`` tells whether the thread or task serving it still runs."""
+    cfg = server.config
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not alive() or time.monotonic() > deadline:
+            raise SystemExit(f"HTTP server could not listen on {cfg.host}:{cfg.port} "
+                             "(port in use, or the address is not this host's)")
+        time.sleep(0.02)
+    log.info("listening on http://%s:%d", cfg.host, cfg.port)
 
 
 def wait_healthy(url: str, timeout_s: float = 60.0, proc=None) -> bool:
@@ -54,11 +70,7 @@ class ServerThread:
 
     def start(self, timeout_s: float = 10.0) -> "ServerThread":
         self.thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("HTTP server failed to start (port in use?)")
-            time.sleep(0.02)
+        await_listening(self.server, self.thread.is_alive, timeout_s)
         return self
 
     def stop(self) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 from services.common import streams
@@ -19,11 +20,28 @@ def consumer_name(role: str, explicit: str | None) -> str:
 
 
 def require_redis(cfg: T1Config, role: str) -> streams.Streams:
+    """The run's streams, once Redis answers (within ``redis.connect_wait_s``); a malformed or
+    unreachable URL ends the process in one line."""
+    import redis
+
     if not cfg.redis.url:
         raise SystemExit(f"t1 {role}: no Redis configured; set redis.url (env T1__REDIS__URL) "
                          f"or run the whole local stack with `t1 up`")
-    return streams.Streams(streams.connect(cfg.redis.url), cfg.redis.prefix, cfg.redis.keep_acked,
-                           cfg.redis.max_deliveries)
+    try:
+        client = streams.connect(cfg.redis.url)
+    except ValueError as exc:  # the URL itself: no scheme, bad port, ...
+        raise SystemExit(f"t1 {role}: redis.url {streams.redacted(cfg.redis.url)!r}: {exc}") from None
+    deadline = time.monotonic() + cfg.redis.connect_wait_s
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.RedisError as exc:
+            if isinstance(exc, redis.AuthenticationError) or time.monotonic() >= deadline:
+                raise SystemExit(f"t1 {role}: Redis at {streams.redacted(cfg.redis.url)} did not answer "
+                                 f"within {cfg.redis.connect_wait_s:g} s: {exc}") from None
+            time.sleep(0.5)
+    return streams.Streams(client, cfg.redis.prefix, cfg.redis.keep_acked, cfg.redis.max_deliveries)
 
 
 def require_model(path: str, role: str) -> None:

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -40,6 +41,15 @@ WEIGHTS = "weights"
 class Entry:
     id: str
     msg: schemas.Message
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(url: str) -> redis.Redis:

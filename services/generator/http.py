@@ -10,11 +10,11 @@ then ``/health`` answers 503 and those routes 404).
 from __future__ import annotations
 
 import asyncio
-import time
 
 import uvicorn
 from fastapi import FastAPI
 
+from services.common.http import await_listening
 from services.generator.engine import EventLoopThread, RolloutEngine
 
 
@@ -53,11 +53,7 @@ class LoopServer:
 
     def start(self, timeout_s: float = 10.0) -> "LoopServer":
         self.future = self.loop.submit(self.server.serve())
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if self.future.done() or time.monotonic() > deadline:
-                raise RuntimeError("HTTP server failed to start (port in use?)")
-            time.sleep(0.02)
+        await_listening(self.server, lambda: not self.future.done(), timeout_s)
         return self
 
     def stop(self) -> None:

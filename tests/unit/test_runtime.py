@@ -1,4 +1,4 @@
-"""Core pinning of service processes (the local stack's CPU preset)."""
+"""What a service process does at start: core pinning, the Redis connection."""
 
 import os
 import subprocess
@@ -38,3 +38,33 @@ def test_pinning_applies_to_the_process_and_its_children():
             "print(sorted(os.sched_getaffinity(0)), child, os.environ['VLLM_CPU_OMP_THREADS_BIND'])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == [f"[{first}]", f"[{first}]", str(first)]
+
+
+def test_require_redis_ends_in_one_line_for_a_bad_or_silent_url(redis_server):
+    from services.common.config import load_config
+    from services.common.net import free_port
+    from services.common.runtime import require_redis
+
+    def cfg(url, wait=0.5):
+        return load_config(None, [f"redis.url={url}", f"redis.connect_wait_s={wait}"], environ={})
+
+    with pytest.raises(SystemExit, match=r"t1 trainer: redis.url 'localhost:6379': .*scheme"):
+        require_redis(cfg("localhost:6379"), "trainer")
+    silent = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    with pytest.raises(SystemExit, match=r"Redis at redis://:\*\*\*@127.0.0.1:\d+/0 did not answer within 0.5 s") as e:
+        require_redis(cfg(silent), "verifier")
+    assert "hunter2" not in str(e.value)
+    assert require_redis(cfg(redis_server.url), "generator").r.ping()
+
+
+def test_a_taken_port_is_one_line_naming_it():
+    import socket
+
+    from services.common.http import ServerThread, service_app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"could not listen on 127.0.0.1:{port} \\(port in use"):
+            ServerThread(service_app("test", dict), "127.0.0.1", port).start()
