@@ -271,6 +271,7 @@ def sft(data: Annotated[str, typer.Option(help="jsonl: prompt/response, problem/
     from transformers import AutoTokenizer
 
     from services.common.logs import setup_logging
+    from services.data.prompt_format import PromptFormat
     from services.trainer.sft import load_sft_records, run_sft
 
     setup_logging("sft")
@@ -282,7 +283,8 @@ def sft(data: Annotated[str, typer.Option(help="jsonl: prompt/response, problem/
         console.print("[red]trainer.sft_steps is 0[/red]: nothing to train; --set trainer.sft_steps=N")
         raise typer.Exit(2)
     try:
-        pairs = load_sft_records(data, AutoTokenizer.from_pretrained(model))
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        pairs = load_sft_records(data, tokenizer, PromptFormat(cfg.prompt, tokenizer))
     except (OSError, ValueError) as exc:
         console.print(f"[red]bad SFT data:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -320,6 +322,7 @@ def synthesize(data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.p
     from services.common.logs import setup_logging
     from services.common.verifier_client import VerifierError
     from services.data.loaders import load_problems
+    from services.data.prompt_format import PromptFormat
     from services.data.synthesize import EndpointError, SynthesisConfig
     from services.data.synthesize import synthesize as run
 
@@ -328,8 +331,12 @@ def synthesize(data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.p
     if rewrite not in ("template", "llm"):
         console.print(f"[red]--rewrite must be template or llm[/red], not {rewrite!r}")
         raise typer.Exit(2)
+    if cfg.prompt.style != "plain":  # the endpoints are sent completions of formatted text
+        console.print("[red]t1 synthesize formats prompts with prompt.template only[/red] "
+                      "(prompt.style=chat would need the endpoint model's chat template)")
+        raise typer.Exit(2)
     try:
-        problems = load_problems(data, split, limit)
+        problems = load_problems(data, split, limit, PromptFormat(cfg.prompt))
     except (OSError, ValueError, ImportError) as exc:
         console.print(f"[red]bad data:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -383,7 +390,12 @@ def _eval_setup(config: str, sets: list[str] | None, models: list[str], data: st
     if data is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval": data, "eval_split": split})})
     try:
-        problems = heldout_problems(cfg, n)
+        tokenizer = None
+        if cfg.prompt.style == "chat":  # the checkpoints of one run share the first one's template
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(models[0])
+        problems = heldout_problems(cfg, n, tokenizer)
     except (OSError, ValueError, ImportError) as exc:
         console.print(f"[red]bad data:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -101,7 +101,7 @@ def sft_stage(cfg: T1Config, src: Path, dst: Path, console: Console, label: str,
     if plateau and tc.sft_plateau_every:
         scorer = Scorer(cfg.verifier)
         tok = AutoTokenizer.from_pretrained(src)
-        problems = validation_problems(cfg, tc.sft_plateau_problems)
+        problems = validation_problems(cfg, tc.sft_plateau_problems, tok)
         watch = Plateau(lambda m: greedy_accuracy_hf(m, tok, problems, cfg.generator.max_tokens, scorer),
                         tc.sft_plateau_every, tc.sft_plateau_patience, tc.sft_plateau_min_delta,
                         tc.sft_plateau_lr_decays, tc.sft_plateau_lr_factor, tc.sft_plateau_min_steps)

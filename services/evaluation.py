@@ -25,17 +25,18 @@ from services.data.prompt_source import first, prompt_source
 FORCE_ANSWER = " \\boxed{"
 
 
-def heldout_problems(cfg: T1Config, n: int | None) -> list[MathProblem]:
+def heldout_problems(cfg: T1Config, n: int | None, tokenizer=None) -> list[MathProblem]:
     """The reported problems: the first ``n`` of ``data.eval`` (all when None), else the task's
-    held-out problems, never seen by SFT or RL (``n`` None: ``eval_problems``)."""
-    source = prompt_source(cfg, "eval")
+    held-out problems, never seen by SFT or RL (``n`` None: ``eval_problems``); ``tokenizer``
+    for a chat-style ``prompt``."""
+    source = prompt_source(cfg, "eval", tokenizer)
     return first(source, n if n is not None or source.size is not None else cfg.eval_problems)
 
 
-def validation_problems(cfg: T1Config, n: int) -> list[MathProblem]:
+def validation_problems(cfg: T1Config, n: int, tokenizer=None) -> list[MathProblem]:
     """Problems for choosing when to stop (SFT's plateau) without looking at the problems that
     are finally reported: the task's validation bucket."""
-    return first(prompt_source(cfg, "validation"), n)
+    return first(prompt_source(cfg, "validation", tokenizer), n)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -228,10 +229,10 @@ def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int | None = 
     from services.generator.engine import RolloutEngine
     from services.verifier.scoring import Scorer
 
-    problems = problems if problems is not None else heldout_problems(cfg, n)
     budgets = budgets or default_budgets(cfg.generator.max_tokens)
     labels = list(models)
     engine = RolloutEngine(models[labels[0]], cfg.generator)
+    problems = problems if problems is not None else heldout_problems(cfg, n, engine.tokenizer)
     scorer = Scorer(cfg.verifier)
     results = {}
     try:

@@ -95,6 +95,26 @@ class TaskConfig(Section):
     eval_seed: int = 99991  # held-out prompts come from a separate stream
 
 
+T1_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+class PromptConfig(Section):
+    # How a problem becomes the model's input, identically in SFT, RL, evaluation, scaling and
+    # synthesis (services/data/prompt_format.py). plain: `template`, its {problem} (and
+    # {instruction}, if present) filled in; chat: the tokenizer's chat template, with `system`
+    # as the system message and the problem then `instruction` as the user's message
+    style: Literal["plain", "chat"] = "plain"
+    template: str = "Q:{problem}\nA:"  # the procedural task's shape (the tiny model's)
+    system: str | None = None
+    instruction: str = T1_INSTRUCTION
+
+    @model_validator(mode="after")
+    def _template_has_a_problem(self) -> "PromptConfig":
+        if "{problem}" not in self.template:
+            raise ValueError(f"prompt.template {self.template!r} has no {{problem}} to fill in")
+        return self
+
+
 class DataConfig(Section):
     # RL prompts: a dataset you bring -- a .jsonl/.json/.parquet file or a `datasets` directory
     # of prompt/gold, MATH or GSM8K records (docs/data.md) -- or, unset, the procedural task
@@ -336,6 +356,7 @@ class T1Config(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)

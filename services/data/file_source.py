@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from services.data.loaders import MathProblem, load_problems
+from services.data.prompt_format import PromptFormat
 
 
 class FileSource:
@@ -18,9 +19,9 @@ class FileSource:
     the file)."""
 
     def __init__(self, path: str | Path, split: str | None = None, seed: int | None = 0,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, fmt: PromptFormat | None = None) -> None:
         self.path = Path(path)
-        self.problems = load_problems(self.path, split, limit)
+        self.problems = load_problems(self.path, split, limit, fmt)
         self.size = len(self.problems)
         self.seed = seed
         self.name = self.problems[0].source

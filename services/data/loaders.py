@@ -6,10 +6,14 @@ project dependencies, and an environment without them gets an error that says wh
 
 Record schemas, tried in this order:
 
-- plain: ``{"prompt", "gold" | "answer"}`` -- the prompt is used as is (it is already a prompt);
+- plain: ``{"prompt", "gold" | "answer"}`` -- the prompt is used as is (it is already a prompt;
+  in the chat style it is the user's whole message);
 - MATH: ``{"problem", "answer"}`` or ``{"problem", "solution"}`` -- gold is the explicit answer,
   else the content of the solution's last ``\\boxed{}``;
 - GSM8K: ``{"question", "answer"}`` -- gold is the text after ``####``, thousands commas removed.
+
+The problem becomes a prompt through a ``PromptFormat`` (the config's ``prompt`` section; by
+default the procedural task's ``Q:...\\nA:`` shape).
 
 SFT pairs (prompt/response, messages) are ``services.trainer.sft.load_sft_records``' job.
 """
@@ -21,27 +25,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.config import PromptConfig
+from services.data.prompt_format import PromptFormat
 from services.verifier.extract import last_boxed
 
 
 @dataclass(frozen=True)
 class MathProblem:
-    prompt: str  # what the model sees, already formatted
+    prompt: str  # what the model sees, formatted
     gold: str
     source: str  # the file or directory it came from (with the split, if any)
     index: int  # position of the record in its source
+    problem: str = ""  # the statement before formatting ("" for a record that is a prompt already)
 
 
 def format_prompt(problem_text: str) -> str:
-    """The ``Q:...\\nA:`` shape of the procedural task's prompts (``task.Problem.prompt``), so
-    loaded datasets and the tiny task look alike to the model."""
-    return f"Q:{problem_text.strip()}\nA:"
+    """The default plain format: the ``Q:...\\nA:`` shape of the procedural task's prompts."""
+    return DEFAULT_FORMAT.problem(problem_text)
 
 
-def load_problems(path: str | Path, split: str | None = None, limit: int | None = None) -> list[MathProblem]:
-    """Problems from ``path`` (see the module doc); ``split`` picks one of a ``datasets``
-    directory's splits; ``limit`` keeps the first N. Raises FileNotFoundError, ValueError (bad
-    record: file, record number and keys) or ImportError (a reader that is not installed)."""
+def load_problems(path: str | Path, split: str | None = None, limit: int | None = None,
+                  fmt: PromptFormat | None = None) -> list[MathProblem]:
+    """Problems from ``path`` (see the module doc), formatted by ``fmt`` (default: the plain
+    ``Q:...\\nA:``); ``split`` picks one of a ``datasets`` directory's splits; ``limit`` keeps the
+    first N. Raises FileNotFoundError, ValueError (bad record: file, record number and keys) or
+    ImportError (a reader that is not installed)."""
+    fmt = fmt or DEFAULT_FORMAT
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such dataset: {path}")
@@ -55,8 +64,9 @@ def load_problems(path: str | Path, split: str | None = None, limit: int | None 
     for n, rec in records:
         if limit is not None and len(problems) >= limit:
             break
-        prompt, gold = _problem(rec, f"{path}: record {n}")
-        problems.append(MathProblem(prompt, gold, source, n - 1))
+        statement, verbatim, gold = _problem(rec, f"{path}: record {n}")
+        prompt = fmt.verbatim(statement) if verbatim else fmt.problem(statement)
+        problems.append(MathProblem(prompt, gold, source, n - 1, "" if verbatim else statement.strip()))
     if not problems and limit != 0:
         raise ValueError(f"{path}: no records")
     return problems
@@ -115,26 +125,32 @@ def _datasets_dir(path: Path, split: str | None) -> Iterator[tuple[int, object]]
     return enumerate(data, 1)
 
 
-def _problem(rec: object, where: str) -> tuple[str, str]:
-    """(prompt, gold) of one record in any of the known schemas."""
+def _problem(rec: object, where: str) -> tuple[str, bool, str]:
+    """(statement, whether it is a prompt already, gold) of one record in any known schema."""
     if not isinstance(rec, dict):
         raise ValueError(f"{where}: expected an object, got {type(rec).__name__}")
     # Columnar formats (parquet, datasets) give every row every column: absent ones are None.
     rec = {k: v for k, v in rec.items() if v is not None}
+    verbatim = False
     if "prompt" in rec and ("gold" in rec or "answer" in rec):
-        prompt, gold = rec["prompt"], rec.get("gold", rec.get("answer"))
+        text, gold, verbatim = str(rec["prompt"]), rec.get("gold", rec.get("answer")), True
     elif "problem" in rec and ("answer" in rec or "solution" in rec):
-        prompt = format_prompt(rec["problem"])
+        text = str(rec["problem"])
         gold = rec["answer"] if rec.get("answer") not in (None, "") else _boxed_gold(rec, where)
     elif "question" in rec and "answer" in rec:
-        prompt, gold = format_prompt(rec["question"]), _gsm8k_gold(str(rec["answer"]))
+        text, gold = str(rec["question"]), _gsm8k_gold(str(rec["answer"]))
     else:
         raise ValueError(f"{where}: unknown schema (keys {sorted(rec)}); expected prompt+gold/answer, "
                          "problem+solution/answer (MATH) or question+answer (GSM8K)")
     gold = str(gold).strip()
     if not gold:
         raise ValueError(f"{where}: empty gold answer")
-    return prompt, gold
+    if not text.strip():
+        raise ValueError(f"{where}: empty problem")
+    return text, verbatim, gold
+
+
+DEFAULT_FORMAT = PromptFormat(PromptConfig())
 
 
 def _boxed_gold(rec: dict, where: str) -> str:

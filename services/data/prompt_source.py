@@ -37,20 +37,22 @@ class PromptSource(Protocol):
         ...
 
 
-def prompt_source(cfg: T1Config, use: Use = "train") -> PromptSource:
+def prompt_source(cfg: T1Config, use: Use = "train", tokenizer=None) -> PromptSource:
     """The source the config names for ``use``: train (RL prompts), eval (reported problems) or
     validation (SFT's plateau watch; always the procedural task's validation bucket, which
-    needs no file). ``data.eval`` unset falls back to the task's held-out bucket."""
+    needs no file). ``data.eval`` unset falls back to the task's held-out bucket. Problems are
+    formatted by the config's ``prompt`` section (``tokenizer``: the model's, for the chat style)."""
     from services.data.file_source import FileSource
+    from services.data.prompt_format import PromptFormat
     from services.data.task_source import TaskSource
 
-    data = cfg.data
+    data, fmt = cfg.data, PromptFormat(cfg.prompt, tokenizer)
     if use == "train" and data.train:
-        return FileSource(data.train, data.train_split, seed=data.shuffle_seed)
+        return FileSource(data.train, data.train_split, seed=data.shuffle_seed, fmt=fmt)
     if use == "eval" and data.eval:
-        return FileSource(data.eval, data.eval_split, seed=None)  # file order: reports line up
+        return FileSource(data.eval, data.eval_split, seed=None, fmt=fmt)  # file order: reports line up
     split = {"train": "train", "eval": "heldout", "validation": "validation"}[use]
-    return TaskSource(cfg.task, split)
+    return TaskSource(cfg.task, split, fmt)
 
 
 def first(source: PromptSource, n: int | None) -> list[MathProblem]:

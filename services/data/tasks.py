@@ -54,8 +54,12 @@ class Problem:
         return sum(self.operands)
 
     @property
+    def text(self) -> str:
+        return "+".join(str(x) for x in self.operands)
+
+    @property
     def prompt(self) -> str:
-        return "Q:" + "+".join(str(x) for x in self.operands) + "\nA:"
+        return f"Q:{self.text}\nA:"
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,12 @@ class FractionProblem:
         return latex(self.value)
 
     @property
+    def text(self) -> str:
+        return f"{self.a}/{self.b}{self.op}{self.c}/{self.d}"
+
+    @property
     def prompt(self) -> str:
-        return f"Q:{self.a}/{self.b}{self.op}{self.c}/{self.d}\nA:"
+        return f"Q:{self.text}\nA:"
 
 
 @dataclass(frozen=True)
@@ -101,9 +109,15 @@ class LinearProblem:
         return self.x
 
     @property
-    def prompt(self) -> str:
+    def text(self) -> str:
         right = f"{self.c}x{self.d:+d}" if self.c else str(self.d)
-        return f"Q:{self.a}x{self.b:+d}={right}\nA:"
+        return f"{self.a}x{self.b:+d}={right}"
+
+    @property
+    def prompt(self) -> str:
+        """The default plain prompt (``Q:{problem}\\nA:``); the split is drawn on it, so it stays
+        this shape whatever a run's ``prompt`` section says."""
+        return f"Q:{self.text}\nA:"
 
 
 AnyProblem = Problem | FractionProblem | LinearProblem

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from services.common.config import GeneratorConfig
 from services.common.schemas import Sample
+from services.common.tokens import prompt_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class RolloutEngine:
 
     def prompt_error(self, prompt: str) -> str | None:
         """Why this prompt cannot be generated from (None if it can)."""
-        n = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        n = len(prompt_token_ids(self.tokenizer, prompt))
         budget = self.max_model_len - self.cfg.max_tokens
         if n > budget:
             return (f"prompt of {n} tokens leaves no room for {self.cfg.max_tokens} new tokens "
@@ -170,7 +171,10 @@ class RolloutEngine:
     async def agenerate(self, prompt: str, params=None, request_id: str | None = None) -> GeneratedGroup:
         """One prompt, ``params.n`` samples, as one engine request; returns when all are done."""
         final = None
-        async for out in self.llm.generate(prompt, params or self.sampling_params(),
+        # token ids, not text: the engine would add the tokenizer's special tokens (a BOS) to a
+        # text prompt, which SFT and the trainer do not (prompt_format.prompt_token_ids)
+        ids = {"prompt_token_ids": prompt_token_ids(self.tokenizer, prompt)}
+        async for out in self.llm.generate(ids, params or self.sampling_params(),
                                            request_id or uuid.uuid4().hex):
             final = out
         return to_group(final)

@@ -135,7 +135,7 @@ class RLTrainer:
             consumer = streams.Consumer(s, streams.SCORED, GROUP, name, ScoredGroup,
                                         cfg.redis.visibility_timeout_s, cfg.redis.block_ms,
                                         on_poison=ledger.mark_poisoned)
-            self.feeder = Feeder(s, ledger, prompt_source(cfg, "train"),
+            self.feeder = Feeder(s, ledger, prompt_source(cfg, "train", tokenizer),
                                  (self.tc.max_staleness + 1) * self.tc.groups_per_step, cfg.data.epochs)
             self.admission = Admission(s, ledger, consumer, self.feeder, self.tc)
             self.publication = Publication(cfg, s, ledger, consumer, self.version)

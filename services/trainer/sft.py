@@ -23,7 +23,10 @@ import torch
 
 from services.common.config import T1Config
 from services.common.logs import event
+from services.common.tokens import prompt_token_ids
 from services.common.weights import copy_tokenizer_files
+from services.data.loaders import DEFAULT_FORMAT
+from services.data.prompt_format import PromptFormat
 from services.data.tasks import Task, make_task
 from services.trainer import dist
 from services.trainer.accumulate import backward_passes
@@ -35,22 +38,27 @@ from services.trainer.step_log import StepLogger
 log = logging.getLogger(__name__)
 
 
-def build_sft_examples(task: Task, num_examples: int, seed: int) -> list[tuple[str, str]]:
+def build_sft_examples(task: Task, num_examples: int, seed: int,
+                       fmt: PromptFormat = DEFAULT_FORMAT) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     # Indices from the far end of the prompt space so SFT and RL prompts do not overlap.
     base = 10**9
-    return [(p.prompt, task.cot(p, rng)) for p in (task.problem(base + i) for i in range(num_examples))]
+    return [(fmt.problem(p.text), task.cot(p, rng)) for p in (task.problem(base + i) for i in range(num_examples))]
 
 
-def load_sft_records(path: str | Path, tokenizer=None) -> list[tuple[str, str]]:
-    """(prompt, response) pairs from a jsonl file in one of the common schemas.
+def load_sft_records(path: str | Path, tokenizer=None, fmt: PromptFormat | None = None) -> list[tuple[str, str]]:
+    """(prompt, response) pairs from a jsonl file in one of the common schemas, the problems
+    formatted by ``fmt`` (the config's ``prompt`` section; default the plain ``Q:...\\nA:``) as
+    RL and evaluation format them.
 
-    - ``{"prompt", "response"}`` or ``{"prompt", "completion"}``
+    - ``{"prompt", "response"}`` or ``{"prompt", "completion"}``: a prompt already (as is in the
+      plain style, the user's message in the chat style)
     - MATH: ``{"problem", "solution"}`` (the solution carries its ``\\boxed{}`` answer)
     - GSM8K: ``{"question", "answer"}``; the final ``#### 42`` becomes ``\\boxed{42}``
     - chat: ``{"messages": [{"role", "content"}, ...]}``, the last message being the assistant's;
-      the prompt uses the tokenizer's chat template when it has one, else ``role: content`` lines.
+      the roles are kept: the tokenizer's chat template when it has one, else ``role: content`` lines.
     """
+    fmt = fmt or PromptFormat(DEFAULT_FORMAT.cfg, tokenizer)
     pairs = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -59,29 +67,27 @@ def load_sft_records(path: str | Path, tokenizer=None) -> list[tuple[str, str]]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        pairs.append(_pair(rec, tokenizer, f"{path}:{n}"))
+        pairs.append(_pair(rec, fmt, f"{path}:{n}"))
     if not pairs:
         raise ValueError(f"{path}: no records")
     return pairs
 
 
-def _pair(rec: dict, tokenizer, where: str) -> tuple[str, str]:
+def _pair(rec: dict, fmt: PromptFormat, where: str) -> tuple[str, str]:
     if "messages" in rec:
         msgs = rec["messages"]
         if not msgs or msgs[-1].get("role") != "assistant":
             raise ValueError(f"{where}: the last message must be the assistant's")
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
-        else:
-            prompt = "".join(f"{m['role']}: {m['content']}\n" for m in msgs[:-1]) + "assistant: "
-        return prompt, msgs[-1]["content"]
-    for p_key, r_key in (("prompt", "response"), ("prompt", "completion"), ("problem", "solution")):
-        if p_key in rec and r_key in rec:
-            return rec[p_key], rec[r_key]
+        return fmt.conversation(msgs[:-1]), msgs[-1]["content"]
+    for r_key in ("response", "completion"):
+        if "prompt" in rec and r_key in rec:
+            return fmt.verbatim(rec["prompt"]), rec[r_key]
+    if "problem" in rec and "solution" in rec:
+        return fmt.problem(rec["problem"]), rec["solution"]
     if "question" in rec and "answer" in rec:
         body, sep, final = rec["answer"].rpartition("####")
         response = f"{body.strip()} \\boxed{{{final.strip()}}}" if sep else rec["answer"]
-        return rec["question"], response
+        return fmt.problem(rec["question"]), response
     raise ValueError(f"{where}: unknown schema (keys {sorted(rec)}); expected prompt/response, "
                      "problem/solution, question/answer or messages")
 
@@ -93,7 +99,7 @@ def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[Example]:
     """Token ids of (prompt, response) pairs. ``run_sft`` tokenizes its fixed dataset once:
     re-tokenizing every sampled minibatch was ~4% of a tiny-model step."""
     eos = tokenizer.eos_token_id
-    return [(tokenizer(prompt, add_special_tokens=False)["input_ids"],
+    return [(prompt_token_ids(tokenizer, prompt),
              tokenizer(response, add_special_tokens=False)["input_ids"] + [eos])
             for prompt, response in pairs]
 
@@ -199,7 +205,8 @@ def run_sft(cfg: T1Config, src: Path, dst: Path, num_examples: int | None = None
     engine = build_engine(Policy(model, tc.logprob_chunk_tokens), tc, base_lr)
     if data is None:
         task = make_task(cfg.task)
-        data = build_sft_examples(task, num_examples or tc.sft_examples, cfg.task.seed)
+        data = build_sft_examples(task, num_examples or tc.sft_examples, cfg.task.seed,
+                                  PromptFormat(cfg.prompt, tokenizer))
     examples, cut, dropped = truncate_examples(tokenize_pairs(tokenizer, data), tc.sft_max_seq_len)
     if cut or dropped:
         event(log, "sft examples truncated", max_seq_len=tc.sft_max_seq_len, truncated=cut,

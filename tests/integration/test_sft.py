@@ -24,9 +24,10 @@ def test_common_schemas_load(tmp_path, tiny_model_dir):
         {"messages": [{"role": "user", "content": "5+5?"}, {"role": "assistant", "content": "\\boxed{10}"}]},
     ])
     pairs = load_sft_records(f, AutoTokenizer.from_pretrained(tiny_model_dir))
-    assert pairs[0] == ("Q:1+1\nA:", "\\boxed{2}")
-    assert pairs[1][1].endswith("\\boxed{4}")
-    assert pairs[2] == ("3 apples and 4 more?", "3+4=7 \\boxed{7}")
+    assert pairs[0] == ("Q:1+1\nA:", "\\boxed{2}")  # a prompt already: as is
+    # problems are formatted as RL and evaluation format them (the default Q:...\nA:)
+    assert pairs[1][0] == "Q:What is 2+2?\nA:" and pairs[1][1].endswith("\\boxed{4}")
+    assert pairs[2] == ("Q:3 apples and 4 more?\nA:", "3+4=7 \\boxed{7}")
     assert pairs[3] == ("user: 5+5?\nassistant: ", "\\boxed{10}")  # no chat template: plain roles
 
 

@@ -39,10 +39,12 @@ def test_each_schema_from_each_format(tmp_path, suffix):
     f = write(tmp_path / f"mix{suffix}", [MATH, GSM8K, PLAIN, {"problem": "2+2?", "answer": "4"}])
     problems = load_problems(f)
     assert problems == [
-        MathProblem("Q:Simplify $\\frac{2}{4}$.\nA:", "\\frac{1}{2}", f.name, 0),  # the LAST box
-        MathProblem("Q:A farm has 1,200 hens and 34 more. How many?\nA:", "1234", f.name, 1),
+        MathProblem("Q:Simplify $\\frac{2}{4}$.\nA:", "\\frac{1}{2}", f.name, 0,
+                    "Simplify $\\frac{2}{4}$."),  # the LAST box
+        MathProblem("Q:A farm has 1,200 hens and 34 more. How many?\nA:", "1234", f.name, 1,
+                    "A farm has 1,200 hens and 34 more. How many?"),
         MathProblem("Q:12+34\nA:", "46", f.name, 2),  # a prompt is taken as is
-        MathProblem("Q:2+2?\nA:", "4", f.name, 3),  # an explicit answer wins over the solution
+        MathProblem("Q:2+2?\nA:", "4", f.name, 3, "2+2?"),  # an explicit answer wins over the solution
     ]
     assert load_problems(f, limit=2) == problems[:2]
 
