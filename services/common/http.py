@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import make_asgi_app
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,26 @@ def service_app(name: str, health: Callable[[], dict], title: str | None = None)
         state = {"service": name, "uptime_s": round(time.time() - started, 1), **health()}
         return JSONResponse(state, status_code=200 if state.get("ready", True) else 503)
 
-    app.mount("/metrics", make_asgi_app())
+    metrics = make_asgi_app()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics(request: Request):
+        # prometheus_client's own ASGI app (content negotiation, gzip), served at /metrics
+        # itself: a mount would answer /metrics with a redirect to /metrics/
+        return _AsgiResponse(metrics)
+
     return app
+
+
+class _AsgiResponse(Response):
+    """Hands a request to an ASGI app as a FastAPI endpoint's response."""
+
+    def __init__(self, asgi) -> None:  # no body of its own: the app writes the response
+        self.asgi = asgi
+        self.background = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.asgi(scope, receive, send)
 
 
 class ServerThread:

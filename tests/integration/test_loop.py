@@ -59,7 +59,7 @@ def finished_run(tmp_path_factory, tiny_model_dir):
             time.sleep(0.01)
         assert killed_with_pending, "never caught the verifier holding pending rollouts"
         live = {name: (httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json(),
-                       httpx.get(f"http://127.0.0.1:{port}/metrics/", timeout=5).text)
+                       httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
                 for name, port in (("generator", cfg.generator.port), ("trainer", cfg.trainer.port))}
         # Then kill the trainer (SIGKILL) once it has committed two steps: the supervisor restarts
         # it and it resumes from its checkpoint of the last committed version.

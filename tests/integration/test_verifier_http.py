@@ -165,7 +165,9 @@ def test_bearer_token_is_required_when_configured(verifier_url):
 def test_health_metrics_and_openapi(verifier_url):
     health = httpx.get(f"{verifier_url}/health").json()
     assert health["service"] == "verifier" and health["ready"] is True
-    metrics = httpx.get(f"{verifier_url}/metrics/").text
+    res = httpx.get(f"{verifier_url}/metrics")
+    assert res.status_code == 200  # no redirect to /metrics/
+    metrics = res.text
     assert "t1_verifier_items_total" in metrics
     spec = httpx.get(f"{verifier_url}/openapi.json").json()
     assert "/v1/verify" in spec["paths"]

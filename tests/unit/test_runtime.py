@@ -68,3 +68,18 @@ def test_a_taken_port_is_one_line_naming_it():
         port = taken.getsockname()[1]
         with pytest.raises(SystemExit, match=f"could not listen on 127.0.0.1:{port} \\(port in use"):
             ServerThread(service_app("test", dict), "127.0.0.1", port).start()
+
+
+def test_metrics_answer_at_their_own_path_without_a_redirect():
+    from fastapi.testclient import TestClient
+    from prometheus_client import Counter
+
+    from services.common.http import service_app
+
+    Counter("t1_test_scrapes_total", "a counter this test reads back").inc(3)
+    client = TestClient(service_app("test", dict))
+    res = client.get("/metrics", follow_redirects=False)
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
+    assert "t1_test_scrapes_total 3.0" in res.text
+    gz = client.get("/metrics", headers={"Accept-Encoding": "gzip"}, follow_redirects=False)
+    assert gz.headers.get("content-encoding") == "gzip"  # prometheus_client's own negotiation
