@@ -49,6 +49,25 @@ def tied_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tied, tmp_path_factory.mktemp("model") / "tied")
 
 
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model with a ChatML chat template in its tokenizer, as Qwen2.5's has."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("chat") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.chat_template = CHATML
+    tok.save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def make_config(tmp_path, tiny_model_dir):
     """The quick preset pointed at a temp run dir, the shared tiny model and free ports."""

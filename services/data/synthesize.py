@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import httpx
+import openai
 
 from services.common.config import VerifierConfig
 from services.common.logs import event
@@ -151,8 +153,10 @@ def _base_url(endpoint: str) -> str:
 
 
 class Completions:
-    """``/v1/completions`` over several endpoints, round-robin; a failed request is retried with
-    backoff on the next endpoint, so one endpoint going away costs retries, not the run."""
+    """Completions over several OpenAI-compatible endpoints through the ``openai`` client, one
+    per endpoint, round-robin; a failed request is retried with backoff on the next endpoint, so
+    one endpoint going away costs retries, not the run (the clients' own retries are off: they
+    would retry the same endpoint)."""
 
     def __init__(self, endpoints: Iterable[str], cfg: SynthesisConfig) -> None:
         self.endpoints = [_base_url(e) for e in endpoints]
@@ -160,47 +164,51 @@ class Completions:
             raise EndpointError("no endpoint given")
         self.cfg = cfg
         self.model = cfg.model
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(cfg.timeout_s, connect=5.0))
+        timeout = httpx.Timeout(cfg.timeout_s, connect=5.0)
+        # a local server needs no key, but the client insists on one: OPENAI_API_KEY, else a stand-in
+        key = os.environ.get("OPENAI_API_KEY") or "none"
+        self.clients = [openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, timeout=timeout, max_retries=0)
+                        for url in self.endpoints]
         self._turn = itertools.count()
         self.gate = asyncio.Semaphore(cfg.concurrency)
 
     async def check(self) -> None:
         """Every endpoint answers and serves the model (picked from the first when not given)."""
-        for url in self.endpoints:
+        for url, client in zip(self.endpoints, self.clients):
             try:
-                resp = await self.http.get(f"{url}/v1/models")
-                resp.raise_for_status()
-                served = [m["id"] for m in resp.json()["data"]]
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                served = [m.id async for m in client.models.list()]
+            except openai.OpenAIError as exc:
                 raise EndpointError(f"endpoint {url} unreachable or not OpenAI-compatible: {exc}") from None
             self.model = self.model or (served[0] if served else None)
             if self.model not in served:
                 raise EndpointError(f"endpoint {url} does not serve model {self.model!r} (serves: {served})")
 
     async def complete(self, prompt: str, max_tokens: int, seed: int) -> Completion:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
-                "temperature": self.cfg.temperature, "seed": seed, "stop": ["\nQ:"]}
         start = next(self._turn)
         async with self.gate:
             for attempt in range(self.cfg.retries + 1):
-                url = self.endpoints[(start + attempt) % len(self.endpoints)]
+                turn = (start + attempt) % len(self.endpoints)
+                url = self.endpoints[turn]
                 try:
-                    resp = await self.http.post(f"{url}/v1/completions", json=body)
-                except httpx.TransportError as exc:
-                    failure = f"{url}: {exc!r}"
+                    resp = await self.clients[turn].completions.create(
+                        model=self.model, prompt=prompt, max_tokens=max_tokens,
+                        temperature=self.cfg.temperature, seed=seed, stop=["\nQ:"])
+                except openai.APIStatusError as exc:
+                    failure = f"{url} answered {exc.status_code}: {str(exc.message)[:300]}"
+                    if exc.status_code not in RETRY_STATUS:
+                        raise EndpointError(failure) from None
+                except openai.APIConnectionError as exc:  # refused, reset, timed out
+                    failure = f"{url}: {exc.__cause__ or exc!r}"
                 else:
-                    if resp.status_code == 200:
-                        choice = resp.json()["choices"][0]
-                        return Completion(choice["text"], choice.get("finish_reason") or "stop")
-                    failure = f"{url} answered {resp.status_code}: {resp.text[:300]}"
-                    if resp.status_code not in RETRY_STATUS:
-                        raise EndpointError(failure)
+                    choice = resp.choices[0]
+                    return Completion(choice.text, choice.finish_reason or "stop")
                 if attempt < self.cfg.retries:
                     await asyncio.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random() / 2))
         raise EndpointError(f"gave up after {self.cfg.retries + 1} tries: {failure}")
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for client in self.clients:
+            await client.close()
 
 
 def _item(response: str, gold: str, finish_reason: str = "stop") -> VerifyItem:

@@ -2,9 +2,10 @@
 
 Everything runs on the engine's event loop: vLLM's serving classes await the same ``AsyncLLM``
 the rollout worker feeds, so an outside caller's completion is batched with the rollouts.
-``/v1/completions`` and ``/v1/models`` are vLLM's own routers over app state built by vLLM's
-``init_app_state`` around our engine client; they are mounted once the engine is up (until
-then ``/health`` answers 503 and those routes 404).
+``/v1/completions``, ``/v1/chat/completions`` (the model's chat template) and ``/v1/models``
+are vLLM's own routers over app state built by vLLM's ``init_app_state`` around our engine
+client; they are mounted once the engine is up (until then ``/health`` answers 503 and those
+routes 404).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def add_openai_error_handlers(app: FastAPI) -> None:
 async def mount_openai(app: FastAPI, engine: RolloutEngine, model_name: str | None = None) -> None:
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.entrypoints.openai.chat_completion.api_router import attach_router as chat
     from vllm.entrypoints.openai.completion.api_router import attach_router as completions
     from vllm.entrypoints.openai.models.api_router import attach_router as models
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -38,6 +40,7 @@ async def mount_openai(app: FastAPI, engine: RolloutEngine, model_name: str | No
     tasks = await engine.llm.get_supported_tasks()
     await init_app_state(engine.llm, app.state, args, tasks)
     completions(app)
+    chat(app)
     models(app)
 
 

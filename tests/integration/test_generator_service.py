@@ -23,8 +23,9 @@ CFG = GeneratorConfig(samples_per_prompt=4, temperature=1.0, top_p=1.0, max_toke
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    eng = RolloutEngine(str(tiny_model_dir), CFG)
+def engine(chat_model_dir):
+    """The tiny model, its tokenizer given a chat template (for /v1/chat/completions)."""
+    eng = RolloutEngine(str(chat_model_dir), CFG)
     yield eng
     eng.shutdown()
 
@@ -153,6 +154,18 @@ def test_openai_completions_are_served_by_the_same_engine(engine, tiny_model_dir
         bad = httpx.post(f"{url}/v1/completions", json={"model": "t1-tiny", "prompt": prompt,
                                                          "max_tokens": -1})
         assert bad.status_code == 400
+        # chat completions: vLLM's own route, the model's chat template, the same engine
+        messages = [{"role": "system", "content": "Add."}, {"role": "user", "content": "12+34"}]
+        chat = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "t1-tiny", "messages": messages, "max_tokens": 12, "temperature": 0.0})
+        assert chat.status_code == 200, chat.text
+        reply = chat.json()["choices"][0]
+        templated = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert templated.startswith("<|im_start|>system\nAdd.<|im_end|>")
+        greedy = engine.generate([templated], engine.sampling_params(n=1, temperature=0.0,
+                                                                      max_tokens=12, top_p=1.0))
+        assert reply["message"]["role"] == "assistant"
+        assert reply["message"]["content"] == greedy[0].samples[0].text
         metrics = httpx.get(f"{url}/metrics").text
         for name in ("t1_generator_inflight_groups", "t1_generator_tokens_per_second",
                      "t1_generator_policy_version", "t1_generator_weight_sync_last_seconds"):

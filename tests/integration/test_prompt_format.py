@@ -3,7 +3,6 @@ RL (feeder -> Redis -> the generator's engine), in `t1 eval` and in `t1 scaling`
 model's chat template; chat-message SFT records keep their own roles."""
 
 import json
-import shutil
 
 import pytest
 from transformers import AutoTokenizer
@@ -19,33 +18,20 @@ from services.trainer.feeder import Feeder
 from services.trainer.sft import load_sft_records, tokenize_pairs
 
 pytestmark = pytest.mark.slow
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 RECORDS = [{"problem": "What is $3+4$?", "solution": "$3+4=7$, so \\boxed{7}"},
            {"problem": "Solve $2x=10$.", "solution": "$x=5$, \\boxed{5}"}]
 
 
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory, tiny_model_dir):
-    """The tiny model with a ChatML template in its tokenizer, as Qwen2.5's has."""
-    out = tmp_path_factory.mktemp("chat") / "model"
-    shutil.copytree(tiny_model_dir, out)
-    tok = AutoTokenizer.from_pretrained(out)
-    tok.chat_template = CHATML
-    tok.save_pretrained(out)
-    return out
-
-
-def test_sft_rl_eval_and_scaling_see_the_same_prompt_tokens(s, tmp_path, chat_model):
+def test_sft_rl_eval_and_scaling_see_the_same_prompt_tokens(s, tmp_path, chat_model_dir):
     from services.cli import _eval_setup
     from services.generator.engine import RolloutEngine
 
     data = tmp_path / "math.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    sets = [f"model.path={chat_model}", f"data.train={data}", f"data.eval={data}", "prompt.style=chat",
+    sets = [f"model.path={chat_model_dir}", f"data.train={data}", f"data.eval={data}", "prompt.style=chat",
             "prompt.system=You are T1.", "generator.gpu_memory_utilization=0.1"]
     cfg = load_config("quick", sets, environ={})
-    tok = AutoTokenizer.from_pretrained(chat_model)
+    tok = AutoTokenizer.from_pretrained(chat_model_dir)
     expected = [f"<|im_start|>system\nYou are T1.<|im_end|>\n<|im_start|>user\n{r['problem']}\n"
                 f"{cfg.prompt.instruction}<|im_end|>\n<|im_start|>assistant\n" for r in RECORDS]
 
@@ -60,11 +46,11 @@ def test_sft_rl_eval_and_scaling_see_the_same_prompt_tokens(s, tmp_path, chat_mo
     # `t1 eval` and `t1 scaling` load their problems through the same setup
     config = tmp_path / "c.yaml"
     config.write_text("extends: quick\n")
-    _, problems = _eval_setup(str(config), sets, [str(chat_model)], None, None, None)
+    _, problems = _eval_setup(str(config), sets, [str(chat_model_dir)], None, None, None)
     assert [p.prompt for p in problems] == expected and [p.problem for p in problems] == [
         r["problem"] for r in RECORDS]
     # ... and the generator's engine encodes them as SFT did
-    engine = RolloutEngine(str(chat_model), cfg.generator)
+    engine = RolloutEngine(str(chat_model_dir), cfg.generator)
     try:
         groups = engine.generate([rl["math.jsonl#0"], problems[1].prompt],
                                  engine.sampling_params(n=1, max_tokens=2, temperature=0.0, top_p=1.0))
@@ -73,8 +59,8 @@ def test_sft_rl_eval_and_scaling_see_the_same_prompt_tokens(s, tmp_path, chat_mo
     assert [g.prompt_token_ids for g in groups] == sft
 
 
-def test_chat_records_keep_their_roles_and_plain_records_stay_as_they_are(tmp_path, chat_model):
-    tok = AutoTokenizer.from_pretrained(chat_model)
+def test_chat_records_keep_their_roles_and_plain_records_stay_as_they_are(tmp_path, chat_model_dir):
+    tok = AutoTokenizer.from_pretrained(chat_model_dir)
     cfg = load_config("quick", ["prompt.style=chat", "prompt.system=Injected?"], environ={})
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in [
