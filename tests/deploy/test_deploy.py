@@ -162,6 +162,12 @@ def test_chart_trainer_ranks_are_pods_times_ranks_per_pod():
 def test_chart_refuses_gpus_that_do_not_match_the_ranks():
     with pytest.raises(helm_python.HelmRenderError, match="ranksPerPod"):
         render({"trainer": {"ranksPerPod": 2}})  # the default limit is one GPU
+    with pytest.raises(helm_python.HelmRenderError, match="tensor_parallel_size=4: the engine runs one worker per GPU"):
+        render({"config": {"generator": {"tensor_parallel_size": 4}}})  # the default: one GPU a pod
+    docs = render({"config": {"generator": {"tensor_parallel_size": 4}},
+                   "generator": {"resources": {"limits": {"nvidia.com/gpu": 4}}}})
+    gen = container(find(docs, "Deployment", "t1-generator"), "generator")
+    assert gen["resources"]["limits"]["nvidia.com/gpu"] == 4
 
 
 def test_chart_workloads_storage_and_gpus():

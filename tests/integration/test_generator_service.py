@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 # long responses keep groups in flight while the test acts on the worker
 CFG = GeneratorConfig(samples_per_prompt=4, temperature=1.0, top_p=1.0, max_tokens=160,
-                      gpu_memory_utilization=0.1, max_inflight_groups=8)
+                      gpu_memory_utilization=0.1, max_inflight_groups=8,
+                      max_model_len=224, enable_prefix_caching=True)  # the model's own: 256
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,13 @@ def engine(chat_model_dir):
     eng = RolloutEngine(str(chat_model_dir), CFG)
     yield eng
     eng.shutdown()
+
+
+def test_the_engine_takes_the_context_length_and_prefix_caching_it_is_given(engine):
+    assert engine.max_model_len == 224
+    assert engine.llm.vllm_config.cache_config.enable_prefix_caching is True
+    assert engine.prompt_error("Q:1+1\nA:") is None
+    assert "in the 224-token context" in engine.prompt_error("Q:" + "1+" * 40 + "1\nA:")  # 85 > 224 - 160
 
 
 def publish_prompts(s, n, prefix="p"):
