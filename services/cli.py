@@ -427,6 +427,30 @@ def _evaluate(cfg: T1Config, models: list[str], problems: list, title: str, **kw
     return evaluate_checkpoints(cfg, {m: m for m in models}, problems=problems, progress=done, **kw)
 
 
+@app.command("filter")
+def filter_(model: Annotated[str, typer.Option(help="HF model dir whose pass rates decide")],
+            data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.parquet or a datasets directory")],
+            out: Annotated[str, typer.Option(help="jsonl of the kept problems, each with its pass_rate")],
+            k: Annotated[int, typer.Option(min=1, help="samples per problem")] = 16,
+            max_pass: Annotated[float, typer.Option(min=0.0, max=1.0, help="keep problems whose "
+                                                    "pass rate is at most this")] = 0.3,
+            split: SplitOpt = None, n: EvalN = None,
+            config: ConfigOpt = "tiny", set: SetOpt = None) -> None:
+    """T1's difficulty filter: sample k answers per problem, keep those the model passes at
+    most max_pass of the time (too-easy problems teach RL nothing)."""
+    from services.evaluation import filter_record, pass_rates
+
+    cfg, problems = _eval_setup(config, set, [model], data, split, n)
+    temperature = cfg.eval_sampling_temperature
+    console.print(f"sampling {k} answers for each of {_problem_set(cfg, problems)} at temperature {temperature}")
+    rates = pass_rates(cfg, model, problems, k, temperature)
+    kept = [filter_record(p, r) for p, r in zip(problems, rates) if r <= max_pass]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    console.print(f"kept {len(kept)}/{len(problems)} problems with pass rate <= {max_pass} "
+                  f"(mean pass rate {sum(rates) / len(rates):.3f}) -> {out}")
+
+
 @app.command("eval")
 def eval_(models: Annotated[list[str], typer.Option("--model", help="HF model dir; repeat to compare "
                                                                   "checkpoints of one run")],

@@ -218,6 +218,33 @@ def plot_scaling(curves: dict[str, dict[int, float]], path) -> None:
     plt.close(fig)
 
 
+def pass_rates(cfg: T1Config, model: str, problems: list[MathProblem], k: int,
+               temperature: float) -> list[float]:
+    """Each problem's share of ``k`` sampled answers (at ``temperature``, top-p 1) the verifier
+    accepts: T1's difficulty filter keeps the problems a model does not already solve."""
+    from services.generator.engine import RolloutEngine
+    from services.verifier.scoring import Scorer
+
+    engine, scorer = RolloutEngine(model, cfg.generator), Scorer(cfg.verifier)
+    try:
+        sampled = engine.generate([p.prompt for p in problems], engine.sampling_params(
+            n=k, temperature=temperature, max_tokens=cfg.generator.max_tokens, top_p=1.0))
+        evaluator = Evaluator(engine, scorer)
+        return [sum(v.correct for v in evaluator._verdicts([(x.text, x.finish_reason, p.gold)
+                                                             for x in group.samples])) / k
+                for p, group in zip(problems, sampled)]
+    finally:
+        scorer.close()
+        engine.shutdown()
+
+
+def filter_record(p: MathProblem, rate: float) -> dict:
+    """A kept problem as a record ``data.train`` reads back (MATH's problem/answer, or
+    prompt/gold for a record that was a prompt already), its pass rate beside it."""
+    body = {"problem": p.problem, "answer": p.gold} if p.problem else {"prompt": p.prompt, "gold": p.gold}
+    return {**body, "pass_rate": rate, "source": p.source, "index": p.index}
+
+
 def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int | None = 200, k: int = 8,
                          budgets: list[int] | None = None, progress=None,
                          accuracy: bool = True, problems: list[MathProblem] | None = None) -> dict[str, dict]:

@@ -145,3 +145,26 @@ def test_bad_input_exits_2_with_a_clear_message(data_file, tmp_path):
     assert result.exit_code == 2 and "record 1: unknown schema" in " ".join(result.output.split())
     result = runner.invoke(app, args + ["--data", str(tmp_path / "missing.jsonl"), "--endpoint", dead])
     assert result.exit_code == 2 and "no such dataset" in result.output
+
+
+@pytest.mark.slow
+def test_filter_keeps_the_problems_the_model_does_not_solve(sft_model, tmp_path):
+    """`t1 filter`: a problem whose gold no answer reaches (a wrong gold) has pass rate 0 and is
+    kept; the easy ones the SFT model mostly solves are dropped."""
+    sums = [(a, b) for a in range(1, 5) for b in range(1, 4)]
+    rows = [{"problem": f"{a}+{b}", "answer": str(a + b)} for a, b in sums]
+    rows += [{"problem": f"{a}+{b}", "answer": str(a + b + 100)} for a, b in sums[:3]]  # unreachable
+    data, out = tmp_path / "p.jsonl", tmp_path / "hard.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = CliRunner().invoke(app, ["filter", "--model", str(sft_model), "--data", str(data), "--out", str(out),
+                                   "--k", "8", "--max-pass", "0.3", "--config", "quick",
+                                   "--set", "generator.gpu_memory_utilization=0.1",
+                                   "--set", "generator.max_tokens=48"])
+    assert res.exit_code == 0, res.output
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["pass_rate"] <= 0.3 and r["pass_rate"] * 8 == int(r["pass_rate"] * 8) for r in kept)
+    unreachable = [r for r in kept if int(r["answer"]) > 100]
+    assert len(unreachable) == 3 and all(r["pass_rate"] == 0.0 for r in unreachable)
+    assert len(kept) < len(rows)  # the model solves some of the true ones more often than 0.3
+    assert f"kept {len(kept)}/{len(rows)} problems" in " ".join(res.output.split())
+    assert load_problems(out)[0].prompt.startswith("Q:")  # the output is RL data again
