@@ -1,5 +1,6 @@
 """Two generator replicas on the local stack share the prompt stream through the consumer group."""
 
+import os
 import signal
 import time
 from collections import Counter
@@ -45,16 +46,26 @@ def test_two_generators_split_the_work_and_both_end_on_the_newest_version(tmp_pa
         # both engines up before any work exists, so that neither replica finds the run over
         for port in (gen_port, gen_port + 1):
             assert wait_healthy(f"http://127.0.0.1:{port}", timeout_s=300)
-        stack.spawn("trainer")
+        s = stack.streams()
+        # generator-1 publishes a group before it is stopped (a SIGKILLed replica loses its batch
+        # in flight, and a fast generator-0 could otherwise produce every rollout of the run):
+        # generator-0 is held (SIGSTOP) until generator-1's first group is out
+        held = stack.proc("generator-0").popen.pid
+        os.kill(held, signal.SIGSTOP)
+        try:
+            stack.spawn("trainer")
+            deadline = time.monotonic() + 300
+            while "generator-1" not in producers(s):
+                assert time.monotonic() < deadline, "generator-1 published nothing"
+                stack.supervise()
+                time.sleep(0.1)
+        finally:
+            os.kill(held, signal.SIGCONT)
         assert sorted(stack.procs) == ["generator-0", "generator-1", "trainer-0", "verifier-0"]
         # SIGTERM drains a replica: it finishes (and publishes) its batch, then exits 0
-        s = stack.streams()
-        # both replicas have published work before one is stopped: a SIGKILLed replica loses its
-        # batch in flight, so without this the other may have produced every rollout of the run
-        while s.r.llen(s.key("trainer:steps")) < 1 or "generator-1" not in producers(s):
+        while s.r.llen(s.key("trainer:steps")) < 1:
             stack.supervise()
             time.sleep(0.1)
-        assert stack.proc("trainer-0").popen.poll() is None  # the run is still going
         replica = stack.proc("generator-1").popen
         if transport == "collective":
             stack.kill("generator-1", signal.SIGKILL)
