@@ -30,7 +30,9 @@ def heldout_problems(cfg: T1Config, n: int | None, tokenizer=None) -> list[MathP
     held-out problems, never seen by SFT or RL (``n`` None: ``eval_problems``); ``tokenizer``
     for a chat-style ``prompt``."""
     source = prompt_source(cfg, "eval", tokenizer)
-    return first(source, n if n is not None or source.size is not None else cfg.eval_problems)
+    if n is None and source.size is None:
+        n = cfg.eval_problems
+    return first(source, n)
 
 
 def validation_problems(cfg: T1Config, n: int, tokenizer=None) -> list[MathProblem]:
@@ -97,21 +99,25 @@ class Evaluator:
                  for text, f, gold in texts_finish_gold]
         return self.scorer.score_batch(items)
 
+    def sampled(self, problems: list[MathProblem], k: int, temperature: float,
+                max_tokens: int) -> list[tuple[list, list]]:
+        """Per problem, ``k`` samples (top-p 1) and their verdicts against its gold."""
+        groups = self.engine.generate([p.prompt for p in problems], self.engine.sampling_params(
+            n=k, temperature=temperature, max_tokens=max_tokens, top_p=1.0))
+        return [(g.samples, self._verdicts([(x.text, x.finish_reason, p.gold) for x in g.samples]))
+                for p, g in zip(problems, groups)]
+
     def accuracy(self, problems: list[MathProblem], k: int, temperature: float,
                  max_tokens: int, records: list[dict] | None = None) -> Accuracy:
         """``records``, when given, receives one dict per problem: its greedy and sampled
         responses with their verdicts (the per-problem file beside a report)."""
-        prompts = [p.prompt for p in problems]
-        greedy = self.greedy(prompts, max_tokens)
-        sampled = self.engine.generate(prompts, self.engine.sampling_params(
-            n=k, temperature=temperature, max_tokens=max_tokens, top_p=1.0))
+        greedy = self.greedy([p.prompt for p in problems], max_tokens)
+        sampled = self.sampled(problems, k, temperature, max_tokens)
         greedy_each, pass1_each = [], []
         passk = maj = 0.0
-        for p, g, s in zip(problems, greedy, sampled):
-            gold = p.gold
-            gv = self._verdicts([(g.text, g.finish_reason, gold)])[0]
+        for p, g, (samples, verdicts) in zip(problems, greedy, sampled):
+            gv = self._verdicts([(g.text, g.finish_reason, p.gold)])[0]
             greedy_each.append(float(gv.correct))
-            verdicts = self._verdicts([(x.text, x.finish_reason, gold) for x in s.samples])
             c = sum(v.correct for v in verdicts)
             pass1_each.append(c / k)
             passk += pass_at_k(k, c, k)
@@ -121,8 +127,8 @@ class Evaluator:
                 maj += any(v.correct for v in verdicts if v.extracted == top)
             if records is not None:
                 records.append({
-                    "source": p.source, "index": p.index, "prompt": p.prompt, "gold": gold,
-                    "greedy": _response(g, gv), "samples": [_response(x, v) for x, v in zip(s.samples, verdicts)],
+                    **_problem_record(p), "greedy": _response(g, gv),
+                    "samples": [_response(x, v) for x, v in zip(samples, verdicts)],
                     "pass1": c / k, "majority_answer": top})
         n = len(problems)
         return Accuracy(sum(greedy_each) / n, sum(pass1_each) / n, passk / n, maj / n, k, n,
@@ -157,11 +163,14 @@ class Evaluator:
             out[budget] = correct / len(problems)
             if records is not None:
                 if not records:
-                    records.extend({"source": p.source, "index": p.index, "prompt": p.prompt,
-                                    "gold": p.gold} for p in problems)
+                    records.extend(_problem_record(p) for p in problems)
                 for record, v in zip(records, verdicts):
                     record.setdefault("budgets", {})[budget] = v.correct
         return out
+
+
+def _problem_record(p: MathProblem) -> dict:
+    return {"source": p.source, "index": p.index, "prompt": p.prompt, "gold": p.gold}
 
 
 def _response(sample, verdict) -> dict:
@@ -227,12 +236,8 @@ def pass_rates(cfg: T1Config, model: str, problems: list[MathProblem], k: int,
 
     engine, scorer = RolloutEngine(model, cfg.generator), Scorer(cfg.verifier)
     try:
-        sampled = engine.generate([p.prompt for p in problems], engine.sampling_params(
-            n=k, temperature=temperature, max_tokens=cfg.generator.max_tokens, top_p=1.0))
-        evaluator = Evaluator(engine, scorer)
-        return [sum(v.correct for v in evaluator._verdicts([(x.text, x.finish_reason, p.gold)
-                                                             for x in group.samples])) / k
-                for p, group in zip(problems, sampled)]
+        sampled = Evaluator(engine, scorer).sampled(problems, k, temperature, cfg.generator.max_tokens)
+        return [sum(v.correct for v in verdicts) / k for _, verdicts in sampled]
     finally:
         scorer.close()
         engine.shutdown()

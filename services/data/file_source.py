@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
 from services.data.loaders import MathProblem, load_problems
 from services.data.prompt_format import PromptFormat
+from services.data.prompt_source import digest
 
 
 class FileSource:
@@ -43,8 +43,5 @@ class FileSource:
         return self.problems[self.order(epoch)[position]]
 
     def identity(self) -> dict:
-        digest = hashlib.sha256()
-        for p in self.problems:
-            digest.update(f"{len(p.prompt)}:{p.prompt}{len(p.gold)}:{p.gold}".encode())
         return {"kind": "file", "name": self.name, "size": self.size, "seed": self.seed,
-                "digest": digest.hexdigest()[:16]}
+                "digest": digest(self.problems)}

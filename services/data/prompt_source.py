@@ -13,6 +13,8 @@ their problems from here.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from services.data.loaders import MathProblem
@@ -53,6 +55,14 @@ def prompt_source(cfg: T1Config, use: Use = "train", tokenizer=None) -> PromptSo
         return FileSource(data.eval, data.eval_split, seed=None, fmt=fmt)  # file order: reports line up
     split = {"train": "train", "eval": "heldout", "validation": "validation"}[use]
     return TaskSource(cfg.task, split, fmt)
+
+
+def digest(problems: Iterable[MathProblem]) -> str:
+    """A short digest of what the problems say (prompt and gold), for a source's identity."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(f"{len(p.prompt)}:{p.prompt}{len(p.gold)}:{p.gold}".encode())
+    return h.hexdigest()[:16]
 
 
 def first(source: PromptSource, n: int | None) -> list[MathProblem]:

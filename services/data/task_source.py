@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from services.common.config import TaskConfig
 from services.data.loaders import DEFAULT_FORMAT, MathProblem
 from services.data.prompt_format import PromptFormat
+from services.data.prompt_source import digest
 from services.data.tasks import Split, make_task
 
 # Validation problems are indexed far past evaluation's, which is what keeps the two apart for
@@ -33,6 +32,5 @@ class TaskSource:
 
     def identity(self) -> dict:
         # the prompts themselves, not the config: SFT-only task settings do not change them
-        digest = hashlib.sha256("\n".join(f"{p.prompt}\t{p.gold}" for p in map(self.problem, range(64)))
-                                .encode()).hexdigest()[:16]
-        return {"kind": "task", "name": self.cfg.name, "size": None, "split": self.split, "digest": digest}
+        return {"kind": "task", "name": self.cfg.name, "size": None, "split": self.split,
+                "digest": digest(map(self.problem, range(64)))}

@@ -41,8 +41,16 @@ Split = Literal["train", "heldout", "validation"]
 _BUCKETS: dict[str, set[int]] = {"heldout": {0}, "validation": {1}, "train": set(range(2, HELDOUT_MOD))}
 
 
+class _Prompted:
+    @property
+    def prompt(self) -> str:
+        """The default plain prompt (``Q:{problem}\\nA:``); the split is drawn on it, so it stays
+        this shape whatever a run's ``prompt`` section says."""
+        return f"Q:{self.text}\nA:"  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
-class Problem:
+class Problem(_Prompted):
     """An addition problem."""
 
     family: ClassVar[str] = "addition"
@@ -57,13 +65,10 @@ class Problem:
     def text(self) -> str:
         return "+".join(str(x) for x in self.operands)
 
-    @property
-    def prompt(self) -> str:
-        return f"Q:{self.text}\nA:"
 
 
 @dataclass(frozen=True)
-class FractionProblem:
+class FractionProblem(_Prompted):
     """``a/b op c/d`` with ``op`` one of ``+``/``-``."""
 
     family: ClassVar[str] = "fractions"
@@ -87,13 +92,10 @@ class FractionProblem:
     def text(self) -> str:
         return f"{self.a}/{self.b}{self.op}{self.c}/{self.d}"
 
-    @property
-    def prompt(self) -> str:
-        return f"Q:{self.text}\nA:"
 
 
 @dataclass(frozen=True)
-class LinearProblem:
+class LinearProblem(_Prompted):
     """``a x + b = c x + d`` (``c == 0``: one-sided, ``a x + b = d``) with solution ``x``."""
 
     family: ClassVar[str] = "linear"
@@ -113,11 +115,6 @@ class LinearProblem:
         right = f"{self.c}x{self.d:+d}" if self.c else str(self.d)
         return f"{self.a}x{self.b:+d}={right}"
 
-    @property
-    def prompt(self) -> str:
-        """The default plain prompt (``Q:{problem}\\nA:``); the split is drawn on it, so it stays
-        this shape whatever a run's ``prompt`` section says."""
-        return f"Q:{self.text}\nA:"
 
 
 AnyProblem = Problem | FractionProblem | LinearProblem
