@@ -58,6 +58,13 @@ def _preset_model_path(config: str, cfg: T1Config) -> bool:
     return Path(cfg.model.path) == Path(own.model.path)
 
 
+def _tokenizer(model_dir: str):
+    """A model directory's tokenizer (its chat template); OSError when there is none."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
 def _quiet_libraries() -> None:
     """The demo draws its own progress bars; per-file loading bars would bury them."""
     from transformers.utils import logging as hf_logging
@@ -299,7 +306,8 @@ def synthesize(data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.p
                                                     "directory (MATH, GSM8K or prompt/gold records)")],
                endpoints: Annotated[list[str], typer.Option("--endpoint", help="OpenAI-compatible base "
                                                             "URL; repeat to spread the load")],
-               out: Annotated[str, typer.Option(help="jsonl of prompt/response traces (for `t1 sft`)")],
+               out: Annotated[str, typer.Option(help="jsonl of traces for `t1 sft` (prompt/response; chat "
+                                                    "messages with prompt.style=chat)")],
                attempts: Annotated[int, typer.Option(min=1, help="samples per problem")] = 4,
                verifier_url: Annotated[Optional[str], typer.Option(
                    help="verifier REST service (default: the scorer in this process)")] = None,
@@ -313,6 +321,9 @@ def synthesize(data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.p
                temperature: float = 0.8,
                rewrite: Annotated[str, typer.Option(help="template, or llm (falls back to the "
                                                          "template when the rewrite does not verify)")] = "template",
+               tokenizer: Annotated[Optional[str], typer.Option(
+                   help="the endpoint model's directory, whose chat template formats the prompts "
+                        "(needed with prompt.style=chat)")] = None,
                seed: int = 0, config: ConfigOpt = "tiny", set: SetOpt = None) -> None:
     """Trial-and-error CoT traces from LLM attempts, critiques and verifier verdicts (T1 SFT data)."""
     import asyncio
@@ -331,17 +342,20 @@ def synthesize(data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.p
     if rewrite not in ("template", "llm"):
         console.print(f"[red]--rewrite must be template or llm[/red], not {rewrite!r}")
         raise typer.Exit(2)
-    if cfg.prompt.style != "plain":  # the endpoints are sent completions of formatted text
-        console.print("[red]t1 synthesize formats prompts with prompt.template only[/red] "
-                      "(prompt.style=chat would need the endpoint model's chat template)")
+    chat = cfg.prompt.style == "chat"
+    if chat and not tokenizer:  # completions of the rendered template: it is needed here
+        console.print("[red]prompt.style=chat needs --tokenizer[/red]: the endpoint model's directory, "
+                      "whose chat template formats the prompts")
         raise typer.Exit(2)
     try:
-        problems = load_problems(data, split, limit, PromptFormat(cfg.prompt))
+        fmt = PromptFormat(cfg.prompt, _tokenizer(tokenizer) if chat else None)
+        problems = load_problems(data, split, limit, fmt)
     except (OSError, ValueError, ImportError) as exc:
         console.print(f"[red]bad data:[/red] {exc}")
         raise typer.Exit(2) from None
     scfg = SynthesisConfig(attempts=attempts, model=model, max_tokens=max_tokens,
-                           critique_tokens=critique_tokens, temperature=temperature, rewrite=rewrite, seed=seed)
+                           critique_tokens=critique_tokens, temperature=temperature, rewrite=rewrite, seed=seed,
+                           stop=() if chat else SynthesisConfig.stop)
     progress = Progress(TextColumn("synthesizing"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("kept {task.fields[kept]}"), TimeElapsedColumn(), console=console)
     bar = progress.add_task("", total=len(problems), kept=0)
@@ -354,7 +368,7 @@ def synthesize(data: Annotated[str, typer.Option(help="problems: .jsonl/.json/.p
     try:
         with progress:
             stats = asyncio.run(run(problems, endpoints, out, scfg, verifier_url, verifier_token,
-                                    cfg.verifier, advance))
+                                    cfg.verifier, advance, fmt))
     except (EndpointError, VerifierError) as exc:
         console.print(f"[red]synthesis stopped:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -392,9 +406,7 @@ def _eval_setup(config: str, sets: list[str] | None, models: list[str], data: st
     try:
         tokenizer = None
         if cfg.prompt.style == "chat":  # the checkpoints of one run share the first one's template
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(models[0])
+            tokenizer = _tokenizer(models[0])
         problems = heldout_problems(cfg, n, tokenizer)
     except (OSError, ValueError, ImportError) as exc:
         console.print(f"[red]bad data:[/red] {exc}")

@@ -246,7 +246,8 @@ def pass_rates(cfg: T1Config, model: str, problems: list[MathProblem], k: int,
 def filter_record(p: MathProblem, rate: float) -> dict:
     """A kept problem as a record ``data.train`` reads back (MATH's problem/answer, or
     prompt/gold for a record that was a prompt already), its pass rate beside it."""
-    body = {"problem": p.problem, "answer": p.gold} if p.problem else {"prompt": p.prompt, "gold": p.gold}
+    # a verbatim record stays one: its prompt as written, which the loader formats again
+    body = {"prompt": p.problem, "gold": p.gold} if p.verbatim else {"problem": p.problem, "answer": p.gold}
     return {**body, "pass_rate": rate, "source": p.source, "index": p.index}
 
 

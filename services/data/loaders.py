@@ -36,7 +36,8 @@ class MathProblem:
     gold: str
     source: str  # the file or directory it came from (with the split, if any)
     index: int  # position of the record in its source
-    problem: str = ""  # the statement before formatting ("" for a record that is a prompt already)
+    problem: str = ""  # the statement before formatting (a verbatim record: its prompt as written)
+    verbatim: bool = False  # the record was a prompt already (prompt/gold)
 
 
 def format_prompt(problem_text: str) -> str:
@@ -66,7 +67,8 @@ def load_problems(path: str | Path, split: str | None = None, limit: int | None 
             break
         statement, verbatim, gold = _problem(rec, f"{path}: record {n}")
         prompt = fmt.verbatim(statement) if verbatim else fmt.problem(statement)
-        problems.append(MathProblem(prompt, gold, source, n - 1, "" if verbatim else statement.strip()))
+        problems.append(MathProblem(prompt, gold, source, n - 1, statement if verbatim else statement.strip(),
+                                    verbatim))
     if not problems and limit != 0:
         raise ValueError(f"{path}: no records")
     return problems

@@ -31,19 +31,27 @@ class PromptFormat:
 
     def problem(self, text: str) -> str:
         """The prompt for a problem statement."""
-        text = text.strip()
         if self.cfg.style == "plain":
             # str.replace, not str.format: problems are full of LaTeX braces
-            return self.cfg.template.replace("{problem}", text).replace("{instruction}", self.cfg.instruction)
-        user = f"{text}\n{self.cfg.instruction}" if self.cfg.instruction else text
-        return self._chat([{"role": "user", "content": user}], system=True)
+            return self.cfg.template.replace("{problem}", text.strip()).replace("{instruction}", self.cfg.instruction)
+        return self._chat(self.messages(text), system=False)
 
     def verbatim(self, prompt: str) -> str:
         """A record that is a prompt already (``{"prompt", "gold"}``): as is in the plain style,
         the user's whole message in the chat style."""
         if self.cfg.style == "plain":
             return prompt
-        return self._chat([{"role": "user", "content": prompt}], system=True)
+        return self._chat(self.messages(prompt, verbatim=True), system=False)
+
+    def messages(self, text: str, verbatim: bool = False) -> list[dict]:
+        """The chat style's messages before the reply: the system prompt, if any, then the
+        problem and the instruction (a verbatim prompt alone) as the user's message."""
+        user = text
+        if not verbatim:
+            text = text.strip()
+            user = f"{text}\n{self.cfg.instruction}" if self.cfg.instruction else text
+        system = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
+        return [*system, {"role": "user", "content": user}]
 
     def conversation(self, messages: list[dict]) -> str:
         """The prompt of a chat record (SFT's ``messages``, all but the reply), roles as they

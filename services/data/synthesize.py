@@ -1,5 +1,8 @@
 """T1-style trial-and-error CoT synthesis from OpenAI-compatible ``/v1/completions`` endpoints.
 
+Prompts are sent as the text the prompt format makes (a chat template rendered here, from the
+endpoint model's tokenizer), so an attempt and its critique continue the very prompt RL sends.
+
 Per problem: ``attempts`` samples (endpoints taken round-robin), each scored against the gold
 answer by the verifier; a problem with no verified-correct attempt is dropped. The kept ones get
 a critique ("Let me verify the answer by ...") of each attempt that goes into the trace, and one
@@ -37,6 +40,7 @@ from services.common.logs import event
 from services.common.verifier_client import AsyncVerifierClient
 from services.common.verify_api import VerifyItem, VerifyOptions
 from services.data.loaders import MathProblem
+from services.data.prompt_format import PromptFormat
 from services.verifier.extract import last_boxed
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,9 @@ class SynthesisConfig:
     timeout_s: float = 120.0
     retries: int = 3
     seed: int = 0  # per-request seeds derive from it: a rerun samples the same attempts
+    # where an attempt ends besides EOS: the plain format's next question (a chat template's
+    # end-of-turn token is the model's EOS)
+    stop: tuple[str, ...] = ("\nQ:",)
 
 
 @dataclass
@@ -192,7 +199,7 @@ class Completions:
                 try:
                     resp = await self.clients[turn].completions.create(
                         model=self.model, prompt=prompt, max_tokens=max_tokens,
-                        temperature=self.cfg.temperature, seed=seed, stop=["\nQ:"])
+                        temperature=self.cfg.temperature, seed=seed, stop=list(self.cfg.stop) or None)
                 except openai.APIStatusError as exc:
                     failure = f"{url} answered {exc.status_code}: {str(exc.message)[:300]}"
                     if exc.status_code not in RETRY_STATUS:
@@ -216,11 +223,21 @@ def _item(response: str, gold: str, finish_reason: str = "stop") -> VerifyItem:
                       options=VerifyOptions(finish_reason="length" if finish_reason == "length" else "stop"))
 
 
+def sft_record(p: MathProblem, response: str, fmt: PromptFormat | None) -> dict:
+    """A trace as SFT data in the prompt format it was sampled in: prompt/response in the plain
+    style, the chat messages (system, user, the trace as the assistant's reply) in the chat
+    style, so that SFT applies the same template and trains on the prompt RL will send."""
+    if fmt is not None and fmt.cfg.style == "chat":
+        return {"messages": [*fmt.messages(p.problem, p.verbatim), {"role": "assistant", "content": response}]}
+    return {"prompt": p.prompt, "response": response}
+
+
 @dataclass
 class Synthesizer:
     llm: Completions
     verifier: Verifier
     cfg: SynthesisConfig
+    fmt: PromptFormat | None = None  # how the problems were formatted (None: the plain default)
     stats: SynthesisStats = field(default_factory=SynthesisStats)
 
     def _seed(self, problem: MathProblem, stage: int, k: int) -> int:
@@ -263,7 +280,7 @@ class Synthesizer:
             return None
         self.stats.llm_rewrites += int(len(candidates) == 2 and chosen == 0)
         self.stats.kept += 1
-        return {"prompt": p.prompt, "response": candidates[chosen], "source": p.source,
+        return {**sft_record(p, candidates[chosen], self.fmt), "source": p.source,
                 "attempts": len(attempts), "correct_attempts": len(right)}
 
 
@@ -278,15 +295,17 @@ async def _check_verifier(url: str) -> None:
 async def synthesize(problems: list[MathProblem], endpoints: list[str], out: str | Path,
                      cfg: SynthesisConfig = SynthesisConfig(), verifier_url: str | None = None,
                      verifier_token: str | None = None, verifier_cfg: VerifierConfig | None = None,
-                     on_problem: Callable[[dict | None], None] | None = None) -> SynthesisStats:
+                     on_problem: Callable[[dict | None], None] | None = None,
+                     fmt: PromptFormat | None = None) -> SynthesisStats:
     """Write one jsonl record per kept problem to ``out`` (as problems finish); the verifier is
     the REST service at ``verifier_url``, else the scorer in this process. ``on_problem(record or
-    None)`` is called after each problem (progress display)."""
+    None)`` is called after each problem (progress display). ``fmt``: the format ``problems``
+    were loaded with, which decides the records' shape (``sft_record``)."""
     t0 = time.monotonic()
     llm = Completions(endpoints, cfg)
     verifier = (AsyncVerifierClient(verifier_url, token=verifier_token) if verifier_url
                 else LocalVerifier(verifier_cfg or VerifierConfig()))
-    synth = Synthesizer(llm, verifier, cfg)
+    synth = Synthesizer(llm, verifier, cfg, fmt)
     todo = iter(problems)
     try:
         await llm.check()

@@ -86,3 +86,29 @@ def test_a_chat_style_without_a_template_and_a_template_without_a_problem_are_re
     plain = PromptFormat(load_config("quick", [r'prompt.template="Problem: {problem} {instruction}\nSolution:"'],
                                      environ={}).prompt)
     assert plain.problem(" $\\{1,2\\}$ ") == f"Problem: $\\{{1,2\\}}$ {plain.cfg.instruction}\nSolution:"
+
+
+def test_synthesize_sends_the_same_prompt_and_writes_chat_records_sft_reads_back(tmp_path, chat_model_dir):
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.data.loaders import load_problems
+    from services.data.synthesize import sft_record
+
+    tok = AutoTokenizer.from_pretrained(chat_model_dir)
+    cfg = load_config("quick", ["prompt.style=chat", "prompt.system=You are T1."], environ={})
+    fmt = PromptFormat(cfg.prompt, tok)
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*RECORDS, {"prompt": "Q:2+2\nA:", "gold": "4"}]))
+    problems = load_problems(data, fmt=fmt)  # what `t1 synthesize` sends its endpoints: p.prompt
+    assert problems[2].verbatim and problems[2].problem == "Q:2+2\nA:"
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("".join(json.dumps(sft_record(p, f"so \\boxed{{{p.gold}}}", fmt)) + "\n" for p in problems))
+    assert all(list(json.loads(line)) == ["messages"] for line in traces.read_text().splitlines())
+    sft = load_sft_records(traces, tok, fmt)
+    assert [prompt for prompt, _ in sft] == [p.prompt for p in problems]  # SFT trains on RL's prompt
+    assert [reply for _, reply in sft] == [f"so \\boxed{{{p.gold}}}" for p in problems]
+    # the chat style needs the endpoint model's template, in one line
+    result = CliRunner().invoke(app, ["synthesize", "--data", str(data), "--endpoint", "http://127.0.0.1:9",
+                                      "--out", str(tmp_path / "o.jsonl"), "--set", "prompt.style=chat"])
+    assert result.exit_code == 2 and "needs --tokenizer" in result.output

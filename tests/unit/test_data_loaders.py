@@ -43,7 +43,7 @@ def test_each_schema_from_each_format(tmp_path, suffix):
                     "Simplify $\\frac{2}{4}$."),  # the LAST box
         MathProblem("Q:A farm has 1,200 hens and 34 more. How many?\nA:", "1234", f.name, 1,
                     "A farm has 1,200 hens and 34 more. How many?"),
-        MathProblem("Q:12+34\nA:", "46", f.name, 2),  # a prompt is taken as is
+        MathProblem("Q:12+34\nA:", "46", f.name, 2, "Q:12+34\nA:", True),  # a prompt is taken as is
         MathProblem("Q:2+2?\nA:", "4", f.name, 3, "2+2?"),  # an explicit answer wins over the solution
     ]
     assert load_problems(f, limit=2) == problems[:2]
@@ -118,6 +118,6 @@ def test_a_datasets_directory_by_split(tmp_path):
     splits = {name: datasets.Dataset(pa.Table.from_pylist([rec]), fingerprint=name)
               for name, rec in (("train", GSM8K), ("test", PLAIN))}
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "d"))
-    assert load_problems(tmp_path / "d", split="test") == [MathProblem("Q:12+34\nA:", "46", "d/test", 0)]
+    assert load_problems(tmp_path / "d", split="test") == [MathProblem("Q:12+34\nA:", "46", "d/test", 0, "Q:12+34\nA:", True)]
     with pytest.raises(ValueError, match="pick a split with --split: train, test"):
         load_problems(tmp_path / "d")
