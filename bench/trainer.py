@@ -114,6 +114,21 @@ def floor_gib(n_params: int) -> tuple[float, str]:
     return total, text
 
 
+def plan_gib() -> float:
+    """`t1 plan`'s estimate for this same step (services/plan.py), held against the measured peak."""
+    from services.common.config import load_config
+    from services.plan import ModelShape, trainer_estimate
+
+    q = QWEN25_05B
+    shape = ModelShape("Qwen2.5-0.5B shape", q["hidden_size"], q["num_hidden_layers"], q["num_attention_heads"],
+                       q["num_key_value_heads"], q["intermediate_size"], q["vocab_size"],
+                       q["tie_word_embeddings"], q["max_position_embeddings"])
+    cfg = load_config(None, [f"placement.prompt_tokens={PROMPT}", f"generator.max_tokens={RESPONSE}",
+                             f"generator.samples_per_prompt={K}", f"trainer.groups_per_step={GROUPS}",
+                             "trainer.gradient_checkpointing=true", "trainer.precision=fp32"])
+    return trainer_estimate(cfg, shape, on_gpus=False).total
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--variant":
         print(json.dumps(variant(sys.argv[2])))
@@ -135,6 +150,9 @@ def main() -> None:
     net = ours["peak_gib"] - ours["base_gib"]
     print(f"analytic floor ({ours['params'] / 1e6:.0f}M parameters): {arithmetic}")
     print(f"RESULT trainer_peak_vs_floor {net / floor:.2f} x vs analytic-floor")
+    estimate = plan_gib()
+    print(f"t1 plan's estimate of this step: {estimate:.2f} GiB")
+    print(f"RESULT trainer_plan_estimate_vs_peak {estimate / net:.2f} x vs measured-peak")
     full_net = full["peak_gib"] - full["base_gib"]
     print(f"RESULT trainer_peak_vs_full_logits {net / full_net:.2f} x vs full-logits")
     # the part of the peak that the logits path decides (the floor is the same for both)

@@ -536,6 +536,49 @@ def scaling(models: Annotated[list[str], typer.Option("--model", help="HF model 
 
 
 @app.command()
+def plan(config: ConfigOpt = "tiny", set: SetOpt = None) -> None:
+    """Where each service runs and the memory per GPU, checked before anything starts (docs/gpu.md)."""
+    from services.plan import PlanError
+    from services.plan import plan as make_plan
+
+    cfg = _load(config, set)
+    try:
+        p = make_plan(cfg)
+    except PlanError as exc:
+        console.print(f"[red]t1 plan: cannot work:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    out = Console()
+    s = p.shape
+    size = f"{s.params / 1e9:.2f}B" if s.params >= 1e8 else f"{s.params / 1e6:.2f}M"
+    out.print(f"model {s.name}: {size} parameters, {s.layers} layers, hidden {s.hidden}, "
+              f"{s.heads}/{s.kv_heads} heads, vocab {s.vocab} (from {p.shape_source})")
+    if p.on_gpus:
+        pl = cfg.placement
+        table = Table(title=f"placement: {pl.nodes} node(s) x {pl.gpus_per_node} GPUs of {pl.gpu_memory_gib:g} GiB")
+        table.add_column("node")
+        table.add_column("GPU: what runs there")
+        for i, gpus in enumerate(p.nodes):
+            table.add_row(str(i), ", ".join(f"{g}: {what}" for g, what in enumerate(gpus)))
+        out.print(table)
+    for est in (p.trainer, p.generator):
+        fits = "unchecked" if est.capacity is None else f"of {est.capacity:g} GiB"
+        table = Table(title=f"{est.what}: {est.total:.1f} GiB {fits}")
+        table.add_column("memory")
+        table.add_column("GiB", justify="right")
+        for part, gib in est.parts.items():
+            table.add_row(part, f"{gib:.2f}")
+        out.print(table)
+        for note in est.notes:
+            out.print(f"  {note}")
+    for line in p.deploy:
+        out.print(line)
+    for line in p.warnings:
+        out.print(f"[yellow]note:[/yellow] {line}")
+    out.print("estimates, not measurements: docs/gpu.md says how each term is counted and how it "
+              "compares with a measured peak")
+
+
+@app.command()
 def bench(name: Annotated[str, typer.Argument(help="benchmark name (a file in bench/)")]) -> None:
     """Run a benchmark from bench/; it ends with RESULT lines."""
     bench_dir = REPO_ROOT / "bench"

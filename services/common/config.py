@@ -357,6 +357,25 @@ class TrainerConfig(Section):
     sft_torch_threads: int = 0
 
 
+class PlacementConfig(Section):
+    # The hardware a run is laid out on, for `t1 plan` (docs/gpu.md), which prints what runs on
+    # each GPU, the memory each needs, and the Helm/compose values for that layout. Nothing else
+    # reads it: the chart's and compose's own values place the pods.
+    gpus_per_node: int = Field(0, ge=0)  # 0: a CPU run (estimates in host memory)
+    gpu_memory_gib: float = Field(80.0, gt=0)  # per GPU, as the driver reports it
+    node_memory_gib: float | None = Field(None, gt=0)  # host memory a CPU run must fit (None: unchecked)
+    nodes: int = Field(1, ge=1)
+    # trainer world size, one rank per GPU; beyond one node a multiple of gpus_per_node
+    trainer_ranks: int = Field(1, ge=1)
+    generators: int = Field(1, ge=1)  # engines, generator.tensor_parallel_size GPUs each, on one node
+    # the architecture when model.path is not on the machine that plans (Qwen2.5-32B, ...: see
+    # services/plan.KNOWN_SHAPES); a config.json at model.path wins
+    model: str | None = None
+    # the longest prompt in tokens, for sequence lengths (the procedural tasks' are under 40;
+    # a dataset's: its longest problem with the prompt format around it)
+    prompt_tokens: int = Field(64, ge=1)
+
+
 class T1Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -375,6 +394,7 @@ class T1Config(BaseModel):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
 
     @model_validator(mode="after")
     def _transports_agree(self) -> "T1Config":

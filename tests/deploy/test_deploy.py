@@ -312,6 +312,20 @@ def test_chart_config_is_a_valid_t1_config(example, tmp_path):
         assert cfg == load_config("tiny", ['generator.cpus=""', 'trainer.cpus=""'], environ=env_of(trainer))
 
 
+def test_the_multi_node_example_passes_t1_plan_with_the_pods_it_places(tmp_path):
+    from services.plan import plan
+
+    values = example_values("multi-node")
+    docs = render(values)
+    trainer = container(find(docs, "StatefulSet", "t1-trainer"), "trainer")
+    cfg = config_from_chart(docs, env_of(trainer), tmp_path)
+    p = plan(cfg)  # raises PlanError when the layout cannot work
+    assert cfg.placement.trainer_ranks == values["trainer"]["replicas"] * values["trainer"]["ranksPerPod"]
+    assert cfg.placement.generators == find(docs, "Deployment", "t1-generator")["spec"]["replicas"]
+    assert f"trainer.ranksPerPod={values['trainer']['ranksPerPod']}" in p.deploy[0]
+    assert p.generator.total <= cfg.placement.gpu_memory_gib
+
+
 def test_model_bootstrap_is_the_cli_command_in_compose_and_chart():
     from services.cli import app
 
