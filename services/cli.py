@@ -428,15 +428,29 @@ def _write_problems(path: Path, results: dict[str, dict]) -> None:
 
 
 def _evaluate(cfg: T1Config, models: list[str], problems: list, title: str, **kw) -> dict[str, dict]:
-    from services.evaluation import evaluate_checkpoints
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from services.evaluation import default_budgets, evaluate_checkpoints, generation_passes
 
     console.print(f"{title}: {len(models)} model(s) on {_problem_set(cfg, problems)}")
     started = time.monotonic()
+    max_tokens = cfg.generator.max_tokens
+    passes = generation_passes(kw.get("accuracy", True), kw.get("budgets") or default_budgets(max_tokens),
+                               max_tokens)
+    # one step per problem and generation pass (greedy, samples, the budget curve's greedy)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+    bar = progress.add_task(models[0], total=len(problems) * passes)
 
     def done(label: str, _result: dict) -> None:
-        console.print(f"  {label}: done ({time.monotonic() - started:.0f}s)")
+        progress.console.print(f"  {label}: done ({time.monotonic() - started:.0f}s)")
+        following = models.index(label) + 1
+        if following < len(models):
+            progress.reset(bar, total=len(problems) * passes, description=models[following])
 
-    return evaluate_checkpoints(cfg, {m: m for m in models}, problems=problems, progress=done, **kw)
+    with progress:
+        return evaluate_checkpoints(cfg, {m: m for m in models}, problems=problems, progress=done,
+                                    tick=lambda: progress.advance(bar), **kw)
 
 
 @app.command("filter")

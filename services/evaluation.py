@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.config import T1Config
@@ -77,9 +78,10 @@ def paired_gain(new: Accuracy, old: Accuracy, metric: str) -> tuple[float, float
 
 
 class Evaluator:
-    def __init__(self, engine, scorer) -> None:
+    def __init__(self, engine, scorer, tick: Callable[[], None] | None = None) -> None:
         self.engine = engine  # services.generator.engine.RolloutEngine
         self.scorer = scorer  # services.verifier.scoring.Scorer
+        self.tick = tick  # called as each problem's greedy answer or samples complete
         self._greedy: tuple[tuple, list] | None = None
 
     def greedy(self, prompts: list[str], max_tokens: int) -> list:
@@ -89,7 +91,7 @@ class Evaluator:
         if self._greedy is not None and self._greedy[0] == key:
             return self._greedy[1]
         samples = [g.samples[0] for g in self.engine.generate(prompts, self.engine.sampling_params(
-            n=1, temperature=0.0, max_tokens=max_tokens, top_p=1.0))]
+            n=1, temperature=0.0, max_tokens=max_tokens, top_p=1.0), self.tick)]
         self._greedy = (key, samples)
         return samples
 
@@ -103,7 +105,7 @@ class Evaluator:
                 max_tokens: int) -> list[tuple[list, list]]:
         """Per problem, ``k`` samples (top-p 1) and their verdicts against its gold."""
         groups = self.engine.generate([p.prompt for p in problems], self.engine.sampling_params(
-            n=k, temperature=temperature, max_tokens=max_tokens, top_p=1.0))
+            n=k, temperature=temperature, max_tokens=max_tokens, top_p=1.0), self.tick)
         return [(g.samples, self._verdicts([(x.text, x.finish_reason, p.gold) for x in g.samples]))
                 for p, g in zip(problems, groups)]
 
@@ -251,11 +253,20 @@ def filter_record(p: MathProblem, rate: float) -> dict:
     return {**body, "pass_rate": rate, "source": p.source, "index": p.index}
 
 
+def generation_passes(accuracy: bool, budgets: list[int], max_tokens: int) -> int:
+    """Batches of one generation per problem an evaluation of one checkpoint makes: greedy and
+    samples for accuracy, and a greedy pass at the largest budget unless accuracy's serves it."""
+    return (2 if accuracy else 0) + (0 if accuracy and max(budgets) == max_tokens else 1)
+
+
 def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int | None = 200, k: int = 8,
                          budgets: list[int] | None = None, progress=None,
-                         accuracy: bool = True, problems: list[MathProblem] | None = None) -> dict[str, dict]:
+                         accuracy: bool = True, problems: list[MathProblem] | None = None,
+                         tick: Callable[[], None] | None = None) -> dict[str, dict]:
     """Accuracy, scaling curve and per-problem records for each checkpoint, on one engine
-    reloaded in place, on ``problems`` (default: ``heldout_problems(cfg, n)``).
+    reloaded in place, on ``problems`` (default: ``heldout_problems(cfg, n)``). ``progress(label,
+    result)`` after each checkpoint; ``tick()`` as each problem's generation of a pass completes
+    (``generation_passes`` of them per problem and checkpoint).
 
     All checkpoints must share an architecture (as the versions of one run do).
     """
@@ -269,7 +280,7 @@ def evaluate_checkpoints(cfg: T1Config, models: dict[str, str], n: int | None = 
     scorer = Scorer(cfg.verifier)
     results = {}
     try:
-        evaluator = Evaluator(engine, scorer)
+        evaluator = Evaluator(engine, scorer, tick)
         for i, label in enumerate(labels):
             if i:
                 engine.load_weights(models[label])

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -183,12 +183,20 @@ class RolloutEngine:
             final = out
         return to_group(final)
 
-    def generate(self, prompts: list[str], params=None) -> list[GeneratedGroup]:
-        """Offline batch (evaluation, tests): all prompts in flight at once, results in order."""
+    def generate(self, prompts: list[str], params=None,
+                 on_done: Callable[[], None] | None = None) -> list[GeneratedGroup]:
+        """Offline batch (evaluation, tests): all prompts in flight at once, results in order;
+        ``on_done()`` after each prompt's group completes (progress of long evaluations)."""
         params = params or self.sampling_params()
 
+        async def one(prompt: str) -> GeneratedGroup:
+            group = await self.agenerate(prompt, params)
+            if on_done is not None:
+                on_done()
+            return group
+
         async def batch():
-            return await asyncio.gather(*(self.agenerate(p, params) for p in prompts))
+            return await asyncio.gather(*(one(p) for p in prompts))
         return self.loop.run(batch())
 
     # -- weights -----------------------------------------------------------------------------

@@ -33,6 +33,8 @@ def test_eval_on_a_math_file_writes_the_table_and_every_problem(tmp_path, tiny_m
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "6 problems of math500.jsonl" in res.stdout
+    # progress per problem: greedy and samples of each (the budget curve reuses the greedy pass)
+    assert "12/12" in res.stderr, res.stderr
     summary = json.loads((out / "eval.json").read_text())[str(tiny_model_dir)]
     acc = summary["accuracy"]
     assert acc["n_problems"] == 6 and acc["k"] == 3
