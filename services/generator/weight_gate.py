@@ -30,9 +30,10 @@ class GateVerdict:
                 f"{'<=' if self.passed else '>'} {self.tolerance:g} ({self.seconds * 1000:.0f} ms)")
 
 
-async def engine_logprobs(engine, token_ids: list[list[int]]) -> list[list[float]]:
+async def engine_logprobs(engine, token_ids: list[list[int]], copy: int | None = None) -> list[list[float]]:
     """Per-token log-probs of each sequence under the engine's current weights (raw: temperature
-    1, no top-p, so the sampling settings do not change them)."""
+    1, no top-p, so the sampling settings do not change them), on data-parallel copy ``copy``
+    (None: wherever vLLM sends them)."""
     from vllm import SamplingParams
 
     params = SamplingParams(n=1, max_tokens=1, temperature=1.0, top_p=1.0, min_p=0.0,
@@ -41,7 +42,8 @@ async def engine_logprobs(engine, token_ids: list[list[int]]) -> list[list[float
 
     async def one(i: int, ids: list[int]) -> list[float]:
         final = None
-        async for out in engine.llm.generate({"prompt_token_ids": ids}, params, f"weight-probe-{tag}-{i}"):
+        async for out in engine.llm.generate({"prompt_token_ids": ids}, params, f"weight-probe-{tag}-{copy}-{i}",
+                                             data_parallel_rank=copy):
             final = out
         steps = final.prompt_logprobs or []
         return [float(steps[j][ids[j]].logprob) for j in range(1, len(ids))]
@@ -51,6 +53,8 @@ async def engine_logprobs(engine, token_ids: list[list[int]]) -> list[list[float
 
 async def check(engine, probe: WeightProbe, tolerance: float) -> GateVerdict:
     t0 = time.monotonic()
-    got = await engine_logprobs(engine, probe.token_ids)
-    diff = max_difference(probe.logprobs, got)
+    # every data-parallel copy loaded the version: each is scored, the worst decides
+    copies = [None] if engine.data_parallel_size == 1 else list(range(engine.data_parallel_size))
+    got = await asyncio.gather(*(engine_logprobs(engine, probe.token_ids, c) for c in copies))
+    diff = max(max_difference(probe.logprobs, g) for g in got)
     return GateVerdict(diff <= tolerance, diff, tolerance, time.monotonic() - t0)

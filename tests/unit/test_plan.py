@@ -59,7 +59,7 @@ def test_the_paper_preset_spreads_over_four_h200_nodes():
     (["placement.gpu_memory_gib=80"], "the anchor is a full copy on every rank"),
     (["placement.nodes=3"], "hold only 2 generator(s)"),
     (["generator.tensor_parallel_size=3"], "does not divide the model's 40 attention heads"),
-    (["generator.tensor_parallel_size=20", "placement.generators=1"], "exceeds placement.gpus_per_node"),
+    (["generator.tensor_parallel_size=20", "placement.generators=1"], "exceed placement.gpus_per_node"),
     (["placement.trainer_ranks=12"], "not a multiple of placement.gpus_per_node"),
     (["placement.trainer_ranks=40"], "needs 5 nodes"),
     (["generator.max_model_len=4096"], "exceed the engine's context (4096"),
@@ -73,6 +73,14 @@ def test_a_layout_that_cannot_work_is_refused_in_one_line(sets, says):
     with pytest.raises(PlanError) as err:
         plan(cfg_of("qwen2.5-32b-t1", *sets))
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_data_parallel_copies_take_their_gpus_side_by_side():
+    p = plan(cfg_of("qwen2.5-1.5b-math", "generator.data_parallel_size=2", "placement.generators=2"))
+    assert p.nodes[0][4:] == ["generator 0 copy 0", "generator 0 copy 1", "generator 1 copy 0", "generator 1 copy 1"]
+    assert "generator.replicas=2 (limits nvidia.com/gpu: 2)" in p.deploy[0]
+    with pytest.raises(PlanError, match="hold only 2 generator"):
+        plan(cfg_of("qwen2.5-1.5b-math", "generator.data_parallel_size=2"))  # 4 x 2 GPUs beside the trainer's 4
 
 
 def test_offloading_the_anchor_counts_the_larger_pass_instead_of_both():
