@@ -180,13 +180,12 @@ def trainer_estimate(cfg: T1Config, shape: ModelShape, on_gpus: bool) -> Estimat
     else:
         act = shape.layers * layer
     head = min(tc.logprob_chunk_tokens, tokens) * shape.vocab * 4 * 3  # fp32 logits, log-softmax, grad
-    parts["anchor"] = anchor
     # the anchor's pass keeps nothing for backward; offloaded, the anchor is on the device for
     # that pass only, so the peak is the larger of the two passes instead of their sum
     if tc.anchor_offload:
-        del parts["anchor"]
         parts["anchor or activations, the larger pass"] = max(anchor * GIB + head / 3, act + head) / GIB
     else:
+        parts["anchor"] = anchor
         parts["activations"] = (act + head) / GIB
     if z >= 3:
         parts["ZeRO-3 gathered parameters"] = min(ZERO3_MAX_LIVE_PARAMS, p) * b / GIB
