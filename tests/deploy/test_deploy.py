@@ -453,7 +453,7 @@ def test_dockerfile_targets_are_pinned_non_root_and_health_checked():
     for target in ("verifier", "generator-cpu", "trainer-cpu"):
         assert re.match(r"python:3\.11\.\d+-slim", stages[target]["image"])
     run = " ".join(stages["cpu-install"]["instr"]["RUN"])
-    assert "pip install \".[cpu]\"" in run
+    assert "\".[cpu]\"" in run and "pip install ${PIP_WHEELS:+--no-index --find-links" in run
     assert "pip uninstall -y torchvision torchaudio torchcodec" in run
     assert "pip install \".[gpu]\"" in " ".join(stages["gpu-install"]["instr"]["RUN"])
     assert any("PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" in a
