@@ -34,14 +34,14 @@ class PromptFormat:
         if self.cfg.style == "plain":
             # str.replace, not str.format: problems are full of LaTeX braces
             return self.cfg.template.replace("{problem}", text.strip()).replace("{instruction}", self.cfg.instruction)
-        return self._chat(self.messages(text), system=False)
+        return self._chat(self.messages(text))
 
     def verbatim(self, prompt: str) -> str:
         """A record that is a prompt already (``{"prompt", "gold"}``): as is in the plain style,
         the user's whole message in the chat style."""
         if self.cfg.style == "plain":
             return prompt
-        return self._chat(self.messages(prompt, verbatim=True), system=False)
+        return self._chat(self.messages(prompt, verbatim=True))
 
     def messages(self, text: str, verbatim: bool = False) -> list[dict]:
         """The chat style's messages before the reply: the system prompt, if any, then the
@@ -57,10 +57,8 @@ class PromptFormat:
         """The prompt of a chat record (SFT's ``messages``, all but the reply), roles as they
         are: the tokenizer's chat template where it has one, else ``role: content`` lines."""
         if getattr(self.tokenizer, "chat_template", None):
-            return self._chat(messages, system=False)
+            return self._chat(messages)
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
-    def _chat(self, messages: list[dict], system: bool) -> str:
-        if system and self.cfg.system:
-            messages = [{"role": "system", "content": self.cfg.system}, *messages]
+    def _chat(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
